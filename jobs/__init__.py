@@ -1,0 +1,1 @@
+"""Entry points users run: label, evaluate, train, model registry, demo (`tsm ...`)."""

@@ -1,0 +1,1 @@
+"""The data path: listing, storage, decoding, sampling, transforms, inference, sink, resume."""
