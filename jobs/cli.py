@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import typer
 
-from jobs import model_cmd
+from jobs import demo as demo_cmd
+from jobs import evaluate as evaluate_cmd
+from jobs import label as label_cmd
+from jobs import model_cmd, models_cmd
+from jobs import synth as synth_cmd
+from jobs import train as train_cmd
 
 app = typer.Typer(
     name="tsm",
@@ -19,6 +24,12 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(model_cmd.app, name="model")
+app.add_typer(synth_cmd.app, name="data")
+app.command("train")(train_cmd.command)
+app.command("evaluate")(evaluate_cmd.command)
+app.add_typer(models_cmd.app, name="models")
+app.command("demo")(demo_cmd.command)
+app.command("label")(label_cmd.label)
 
 
 def main() -> None:

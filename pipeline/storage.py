@@ -17,6 +17,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 S3_RETRIES = {"mode": "standard", "max_attempts": 8}
+# Ranged reads: part size of each GET, parallel GETs for a whole read, and how
+# often one range is re-fetched when its body breaks off mid-stream (botocore
+# retries the request, not the reading of a streamed body).
+RANGE_PART_SIZE = 8 * 1024 * 1024
+RANGE_PARALLEL = 8
+BODY_RETRIES = 3
+NOT_FOUND_CODES = ("404", "NoSuchKey", "NotFound")
+
+
+class SourceChangedError(OSError):
+    """The object's bytes no longer match the version it was listed with."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,45 @@ def s3_client():
     return boto3.client("s3", config=Config(retries=S3_RETRIES, max_pool_connections=32))
 
 
+def _client_error_code(e: Exception) -> str:
+    return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _get_object(uri: str, version: str | None = None, byte_range: str | None = None) -> bytes:
+    """One GET (optionally ranged, optionally pinned to an ETag), body read included.
+
+    FileNotFoundError for a missing object, SourceChangedError when the ETag no
+    longer matches. A body that breaks off mid-stream is fetched again.
+    """
+    from botocore.exceptions import (
+        ClientError,
+        IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+
+    bucket, key = split_s3(uri)
+    args: dict = {"Bucket": bucket, "Key": key}
+    if version:
+        args["IfMatch"] = f'"{version}"'
+    if byte_range:
+        args["Range"] = byte_range
+    for attempt in range(BODY_RETRIES):
+        try:
+            return s3_client().get_object(**args)["Body"].read()
+        except ClientError as e:
+            code = _client_error_code(e)
+            if code in NOT_FOUND_CODES:
+                raise FileNotFoundError(uri) from None
+            if code == "PreconditionFailed":
+                raise SourceChangedError(f"{uri} changed since it was listed") from None
+            raise
+        except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError):
+            if attempt == BODY_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def stat(uri: str) -> ObjectInfo:
     """Size and version of one object; FileNotFoundError if it does not exist."""
     if is_s3(uri):
@@ -76,7 +126,7 @@ def stat(uri: str) -> ObjectInfo:
         try:
             head = s3_client().head_object(Bucket=bucket, Key=key)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _client_error_code(e) in NOT_FOUND_CODES:
                 raise FileNotFoundError(uri) from None
             raise
         return ObjectInfo(uri, int(head["ContentLength"]), head["ETag"].strip('"'))
@@ -84,26 +134,121 @@ def stat(uri: str) -> ObjectInfo:
     return ObjectInfo(uri, st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
 
 
-def read_bytes(uri: str) -> bytes:
-    """The whole object; FileNotFoundError if it does not exist."""
-    if is_s3(uri):
-        from botocore.exceptions import ClientError
+def read_bytes(uri: str, version: str | None = None) -> bytes:
+    """The whole object; FileNotFoundError if it does not exist.
 
-        bucket, key = split_s3(uri)
-        try:
-            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise FileNotFoundError(uri) from None
-            raise
+    With `version` (an S3 ETag) the read fails with SourceChangedError if the
+    object was rewritten since it was listed, so a row never pairs one
+    version's id with another version's content.
+    """
+    if is_s3(uri):
+        return _get_object(uri, version)
     return local_path(uri).read_bytes()
 
 
-def open_input(uri: str) -> BinaryIO:
-    """A seekable binary stream over the object (for decoders that take file objects)."""
-    if is_s3(uri):
-        return io.BytesIO(read_bytes(uri))
-    return open(local_path(uri), "rb")
+class RangedReader(io.RawIOBase):
+    """A seekable, read-only stream over an S3 object, served by ranged GETs.
+
+    Each `readinto` fetches just the bytes asked for (wrap it in
+    `io.BufferedReader` to read in sensible chunks); `readall` fetches the rest
+    of the object as parallel ranged GETs of `part_size`. Every GET is pinned
+    to `version` (If-Match), so all ranges come from the same object version,
+    and a dropped connection costs one range, not the whole object.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        size: int,
+        version: str | None = None,
+        *,
+        part_size: int = RANGE_PART_SIZE,
+        parallel: int = RANGE_PARALLEL,
+    ):
+        super().__init__()
+        split_s3(uri)  # validates the URI now rather than at the first read
+        self.uri = uri
+        self.size = size
+        self.version = version
+        self.part_size = part_size
+        self.parallel = parallel
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise ValueError(f"invalid whence: {whence}")
+        if pos < 0:
+            raise OSError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def _range(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the object."""
+        return _get_object(self.uri, self.version, f"bytes={start}-{end - 1}")
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), self.size - self._pos)
+        if n <= 0:
+            return 0
+        data = self._range(self._pos, self._pos + n)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def readall(self) -> bytes:
+        start, end = self._pos, self.size
+        if start >= end:
+            return b""
+        bounds = [(a, min(a + self.part_size, end)) for a in range(start, end, self.part_size)]
+        if len(bounds) == 1:
+            parts = [self._range(*bounds[0])]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.parallel, len(bounds))) as pool:
+                parts = list(pool.map(lambda b: self._range(*b), bounds))
+        self._pos = end
+        return b"".join(parts)
+
+
+def open_input(
+    uri: str,
+    *,
+    size: int | None = None,
+    version: str | None = None,
+    stream_threshold: int | None = None,
+) -> BinaryIO:
+    """A seekable binary stream over the object (for decoders that take file objects).
+
+    S3 objects up to `stream_threshold` bytes are fetched whole with one GET;
+    larger ones (or all, when the threshold is 0) come through a buffered
+    `RangedReader`. `size` and `version` are what the listing said; without a
+    size, S3 objects are stat-ed first. Local files open directly.
+    """
+    if not is_s3(uri):
+        return open(local_path(uri), "rb")
+    if size is None:
+        info = stat(uri)
+        size, version = info.size, version or info.version
+    if stream_threshold is None or size <= stream_threshold:
+        return io.BytesIO(read_bytes(uri, version))
+    return io.BufferedReader(RangedReader(uri, size, version), buffer_size=RANGE_PART_SIZE)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -115,6 +260,31 @@ def write_bytes(uri: str, data: bytes) -> None:
     path = local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
+
+
+def upload_file(local: str | Path, uri: str) -> None:
+    """Publish a finished local file at `uri`, all or nothing.
+
+    S3: boto3's managed upload (multipart for big files) only makes the object
+    visible once complete. Local: rename within the destination's filesystem,
+    so readers never see a half-written file.
+    """
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().upload_file(str(local), bucket, key)
+        return
+    dest = local_path(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(local, dest)
+
+
+def delete(uri: str) -> None:
+    """Remove an object or local file; a missing one is not an error."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+        return
+    local_path(uri).unlink(missing_ok=True)
 
 
 def list_objects(prefix: str, suffixes: tuple[str, ...] | None = None) -> Iterator[ObjectInfo]:

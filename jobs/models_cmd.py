@@ -1,0 +1,84 @@
+"""`tsm models list|promote|register`: the model registry from the command line."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Registered model versions: list, register, promote.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command("list")
+def list_cmd(name: str | None = typer.Argument(None, help="only this registered model")) -> None:
+    """Registered versions with their aliases and measured accuracy."""
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    from pipeline.registry import ModelNotFoundError, list_versions
+
+    try:
+        versions = list_versions(name)
+    except ModelNotFoundError as e:
+        _fail(str(e))
+    if not versions:
+        typer.echo("no registered models")
+        return
+    # names and aliases are what people copy into models:/ URIs: never wrap or cut them
+    table = Table(Column("name", no_wrap=True), "version", Column("aliases", no_wrap=True),
+                  "top-1", "top-5", "val top-1", "temporal", "created (UTC)")
+    for v in versions:
+        created = datetime.fromtimestamp(v.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(v.name, v.version, ",".join(v.aliases), _fmt(v.metric("top1")),
+                      _fmt(v.metric("top5")), _fmt(v.metric("val_top1")),
+                      v.tags.get("temporal", ""), created)
+    Console().print(table)
+
+
+@app.command("promote")
+def promote_cmd(
+    name: str = typer.Argument(..., help="registered model name"),
+    version: str = typer.Argument(..., help="version to promote"),
+    alias: str = typer.Option("champion", help="alias to move"),
+    force: bool = typer.Option(False, "--force", help="promote even if unmeasured or worse"),
+) -> None:
+    """Point ALIAS at VERSION if its measured top-1 is at least the current holder's."""
+    from pipeline.registry import ModelNotFoundError, PromotionRefused, promote
+
+    try:
+        before = promote(name, version, alias, force=force)
+    except (ModelNotFoundError, PromotionRefused) as e:
+        _fail(str(e))
+    was = f" (was version {before})" if before else ""
+    typer.echo(f"models:/{name}@{alias} -> version {version}{was}")
+
+
+@app.command("register")
+def register_cmd(
+    model_dir: Path = typer.Argument(..., help="folder with model.safetensors + config.json"),
+    name: str = typer.Option(..., "--name", help="registered model name"),
+) -> None:
+    """Register a saved model folder as a new version of NAME."""
+    import tsm_model
+    from pipeline.registry import ModelNotFoundError, check_model_dir, register_model
+
+    try:
+        check_model_dir(model_dir)
+        config = tsm_model.load_config(model_dir)  # refuse folders that are not a TSM model
+    except (ModelNotFoundError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    version = register_model(model_dir, name, tags={
+        "arch": config.arch, "temporal": "tsm" if config.shift else "tsn",
+        "num_segments": str(config.num_segments), "input_size": str(config.input_size)})
+    typer.echo(f"registered {model_dir} as models:/{name}/{version}")

@@ -1,0 +1,114 @@
+"""Resume: what an output location already holds, so a rerun labels only the rest.
+
+A video counts as done for a model version when a committed part file holds
+a row with its `(video_uri, source_version)` and that `model_version`, error
+rows included (so a rerun never writes a second row for the same video and
+version). Only committed parts are read: in-progress temporary files are not
+part files by name, and leftovers from a killed run are removed.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import storage
+from pipeline.schema import KEY_COLUMNS
+from pipeline.sink import PART_PREFIX, PART_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX
+from pipeline.storage import ObjectInfo
+
+READ_WORKERS = 16
+
+
+class ResumeError(RuntimeError):
+    """The output location holds something this job cannot append to; one line."""
+
+
+def _prefix(output: str) -> str:
+    return output if not storage.is_s3(output) or output.endswith("/") else output + "/"
+
+
+def committed_parts(output: str) -> list[ObjectInfo]:
+    """Part files already published under `output` (none if it does not exist yet)."""
+    if not storage.is_s3(output) and not storage.local_path(output).is_dir():
+        if storage.local_path(output).exists():
+            raise ResumeError(f"output is a file, not a directory: {output}")
+        return []
+    try:
+        objects = storage.list_objects(_prefix(output), suffixes=(PART_SUFFIX,))
+        return [o for o in objects if o.uri.rsplit("/", 1)[-1].startswith(PART_PREFIX)]
+    except Exception as e:
+        raise ResumeError(f"cannot list output {output}: {_one_line(e)}") from None
+
+
+def clean_stale_temp(output: str) -> int:
+    """Remove in-progress part files a killed run left in a local output; returns how many.
+
+    (On S3 nothing is left behind: a part is uploaded only once complete.)
+    """
+    if storage.is_s3(output) or not storage.local_path(output).is_dir():
+        return 0
+    stale = list(storage.local_path(output).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def _open(part: ObjectInfo) -> pq.ParquetFile:
+    # S3 parts are read through ranged GETs: the footer and three columns, not the file
+    return pq.ParquetFile(storage.open_input(part.uri, size=part.size, stream_threshold=0))
+
+
+def _keys(part: ObjectInfo, model_version: str) -> pa.Table:
+    try:
+        table = _open(part).read(columns=list(KEY_COLUMNS))
+    except Exception as e:
+        raise ResumeError(f"cannot read existing part {part.uri}: {_one_line(e)}") from None
+    table = table.filter(pc.equal(table["model_version"], model_version))
+    return table.select(["video_uri", "source_version"])
+
+
+def done_keys(output: str, model_version: str) -> set[tuple[str, str]]:
+    """`(video_uri, source_version)` of every video `model_version` already has a row for."""
+    parts = committed_parts(output)
+    done: set[tuple[str, str]] = set()
+    if not parts:
+        return done
+    with ThreadPoolExecutor(min(READ_WORKERS, len(parts))) as pool:
+        for table in pool.map(lambda p: _keys(p, model_version), parts):
+            done.update(
+                zip(table["video_uri"].to_pylist(), table["source_version"].to_pylist(),
+                    strict=True)
+            )
+    return done
+
+
+def check_schema(output: str, schema: pa.Schema) -> None:
+    """Raise ResumeError if existing parts have columns of other types than `schema`.
+
+    Typical cause: another model (embedding width) or `--embedding-dtype`
+    writing into the same output, which analytics engines could not read as
+    one table.
+    """
+    parts = committed_parts(output)
+    if not parts:
+        return
+    try:
+        existing = _open(parts[0]).schema_arrow
+    except Exception as e:
+        raise ResumeError(f"cannot read existing part {parts[0].uri}: {_one_line(e)}") from None
+    for field in schema:
+        idx = existing.get_field_index(field.name)
+        if idx >= 0 and not existing.field(idx).type.equals(field.type):
+            raise ResumeError(
+                f"{output} already holds parts whose column {field.name!r} is "
+                f"{existing.field(idx).type}, not {field.type}; write to another --output"
+            )
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] if text else type(e).__name__
