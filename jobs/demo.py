@@ -105,7 +105,7 @@ def command(
         raise typer.Exit(2) from None
 
     labelled = read_labelled_manifest(manifest)
-    preds = read_predictions(str(output), summary.model_version)
+    preds = read_predictions(str(output), summary.model_name, summary.model_version)
     classes = list(tsm_model.load_config(BUNDLED_MODEL).class_names)
     top1, top5, _, errors, _, _ = score(labelled, preds, classes)
 

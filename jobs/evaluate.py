@@ -40,20 +40,20 @@ class EvalResult:
     error_uris: list[str] = field(default_factory=list)
 
 
-def read_predictions(output: str, model_version: str) -> dict[str, dict]:
+def read_predictions(output: str, model_name: str, model_version: str) -> dict[str, dict]:
     """uri -> latest output row of this model version (status, top-k labels/scores, error)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipeline import resume, storage
 
-    cols = ["video_uri", "status", "error_kind", "model_version", "top_k_labels", "top_k_scores",
-            "processed_at"]
+    cols = ["video_uri", "status", "error_kind", "model_name", "model_version", "top_k_labels",
+            "top_k_scores", "processed_at"]
     rows: dict[str, dict] = {}
     for part in resume.committed_parts(output):
         table = pq.read_table(pa.BufferReader(storage.read_bytes(part.uri)), columns=cols)
         for row in table.to_pylist():
-            if row["model_version"] != model_version:
+            if (row["model_name"], row["model_version"]) != (model_name, model_version):
                 continue
             seen = rows.get(row["video_uri"])
             if seen is None or row["processed_at"] > seen["processed_at"]:
@@ -154,7 +154,7 @@ def evaluate(model: str, manifest: str, output: str | None = None, *,
     summary = run_label(LabelConfig(input=str(manifest), output=out, model=model,
                                     embeddings=False, top_k=min(5, len(classes)),
                                     batch_size=batch_size))
-    predictions = read_predictions(out, ref.version)
+    predictions = read_predictions(out, ref.name, ref.version)
     top1, top5, per_class, errors, confusion, error_uris = score(labelled, predictions, classes)
 
     configure_mlflow()

@@ -128,7 +128,7 @@ def label(
     ),
     stream_threshold_mb: float = typer.Option(
         64.0, "--stream-threshold-mb",
-        help="S3 objects larger than this are read with ranged GETs instead of one GET.",
+        help="S3 objects larger than this are streamed by FFmpeg (ranged GETs), not read whole.",
     ),
     part_rows: int = typer.Option(
         50_000, "--part-rows", help="Rows per output Parquet file (files also roll at ~128 MB)."

@@ -113,12 +113,15 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         uri, label = self.rows[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
+        source = storage.video_source(uri)
         try:
-            with storage.open_input(uri) as f:
-                frames, _, _ = decode_clip(f, self.num_segments, train=self.train, rng=rng)
+            frames, _, _ = decode_clip(source, self.num_segments, train=self.train, rng=rng)
         except DecodeError as e:
             # a training set with a broken video is a data bug to fix, so say which one
             raise ValueError(f"{uri}: cannot decode ({e.kind}): {e.message}") from None
+        finally:
+            if not isinstance(source, str):
+                source.close()
         if not self.train:
             return torch.from_numpy(resize_crop(frames, self.resize_size, self.input_size)), label
         return self._augment(frames, rng), label

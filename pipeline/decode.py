@@ -59,9 +59,7 @@ class _StderrCapture:
     The first user redirects and the last one restores, so concurrent decodes
     in threads are never serialised (their messages may then mix, which only
     blurs the gist of an error message). Each user reads what was written
-    since it entered. `forget(thread)` drops a thread's open captures: a caller
-    that gave up on a hung decoder thread uses it so the console comes back
-    and the scratch file is reset while that thread runs on.
+    since it entered.
     """
 
     def __init__(self) -> None:
@@ -93,21 +91,16 @@ class _StderrCapture:
     def leave(self, offset: int) -> str:
         with self._lock:
             me = threading.get_ident()
-            if self._open.get(me, 0) == 0:
-                return ""  # forgotten after a timeout: the capture is gone
             fd = self._file.fileno()
             end = os.lseek(fd, 0, os.SEEK_END)
-            text = os.pread(fd, min(end - offset, 1 << 16), offset) if end > offset else b""
+            # the last 64 KiB: FFmpeg's final lines say why it gave up
+            start = max(offset, end - (1 << 16))
+            text = os.pread(fd, end - start, start) if end > start else b""
             self._open[me] -= 1
             if self._open[me] == 0:
                 del self._open[me]
             self._restore_if_idle()
             return text.decode("utf-8", errors="replace")
-
-    def forget(self, thread_ident: int) -> None:
-        with self._lock:
-            self._open.pop(thread_ident, None)
-            self._restore_if_idle()
 
 
 _CAPTURE = _StderrCapture()
@@ -130,11 +123,6 @@ class DecoderLog:
             self.text = _CAPTURE.leave(offset)
 
 
-def forget_decoder_logs(thread_ident: int) -> None:
-    """Release the stderr captures a (hung, abandoned) decoding thread still holds."""
-    _CAPTURE.forget(thread_ident)
-
-
 # "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x55b8ae794e40] moov atom not found"
 _FFMPEG_LINE = re.compile(r"^\[[^\]]* @ 0x[0-9a-fA-F]+\]\s*(.+)$")
 # decord's "ERROR opening: <uri or the file's bytes>, <FFmpeg error string>" echoes the
@@ -151,6 +139,15 @@ _FFMPEG_ERRORS = (
 _DECORD_CHECK = re.compile(r"^(?:\[[0-9:]+\]\s*\S+:\d+:\s*)+(?:Check failed:.*?\)\s*)?(.*)$")
 # FFmpeg's words for data that stops early (matched in its own lines only, never in paths)
 _TRUNCATION = ("partial file", "ended prematurely", "truncated")
+
+
+# a URL's query string: where a presigned S3 URL keeps its key id and signature
+_URL_QUERY = re.compile(r"(https?://[^\s?]+)\?\S*")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the query string of every http(s) URL cut off (signatures, key ids)."""
+    return _URL_QUERY.sub(r"\1", text)
 
 
 def _printable(text: str) -> str:
@@ -175,7 +172,7 @@ def _gist(log: str, exc_text: str = "", limit: int = 300) -> str:
             m = _DECORD_CHECK.match(last[-1])
             found.append(_printable(m.group(1) if m else last[-1]).rstrip("."))
     msg = "; ".join(found[-3:]) if found else "unknown decoder error"
-    return msg[:limit]
+    return redact_urls(msg)[:limit]
 
 
 def _is_truncation(log: str) -> bool:
@@ -208,6 +205,10 @@ def _open(source: str | BinaryIO, num_threads: int):
         try:
             vr = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=num_threads)
             error = None
+        except OSError:
+            # decord reads a file object in Python: a storage failure (S3 gone, the
+            # object rewritten) surfaces here and is not the video's fault
+            raise
         except Exception as e:  # decord raises RuntimeError/DECORDError with FFmpeg's text
             error = e
     if error is None:

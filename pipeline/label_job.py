@@ -32,6 +32,8 @@ from pipeline.storage import ObjectInfo
 EXPERIMENT = "tsm-label"
 LOST = "lost"  # error_kind for a video the stream never returned (a safety net)
 MiB = 1024 * 1024
+MAX_DECODE_TIMEOUT_S = 24 * 3600
+MAX_STREAM_THRESHOLD_MB = 1024
 
 
 class LabelError(RuntimeError):
@@ -77,10 +79,13 @@ class LabelConfig:
             (self.gpus_per_actor >= 0, f"gpus per actor must be >= 0, got {self.gpus_per_actor}"),
             (cpa is None or cpa >= 0, f"cpus per actor must be >= 0, got {cpa}"),
             (threads is None or threads >= 1, f"torch threads must be >= 1, got {threads}"),
-            (self.decode_timeout_s > 0,
-             f"decode timeout must be > 0 s, got {self.decode_timeout_s}"),
-            (self.stream_threshold_mb >= 0,
-             f"stream threshold must be >= 0 MB, got {self.stream_threshold_mb}"),
+            (0 < self.decode_timeout_s <= MAX_DECODE_TIMEOUT_S,
+             f"decode timeout must be in (0, {MAX_DECODE_TIMEOUT_S}] s, "
+             f"got {self.decode_timeout_s}"),
+            # each decode task reserves memory for ~3 copies of an object read whole
+            (0 <= self.stream_threshold_mb <= MAX_STREAM_THRESHOLD_MB,
+             f"stream threshold must be in [0, {MAX_STREAM_THRESHOLD_MB}] MB, "
+             f"got {self.stream_threshold_mb}"),
             (self.videos_per_decode_task >= 1,
              f"videos per decode task must be >= 1, got {self.videos_per_decode_task}"),
             (bool(self.input.strip()), "input is empty"),
@@ -361,7 +366,7 @@ def run_label(
     try:
         resume.clean_stale_temp(config.output)
         resume.check_schema(config.output, schema)
-        done = resume.done_keys(config.output, ref.version)
+        done = resume.done_keys(config.output, ref.name, ref.version)
     except resume.ResumeError as e:
         raise LabelError(str(e)) from None
     todo = [o for o in listing.objects if (o.uri, o.version) not in done]

@@ -11,6 +11,7 @@ video twice still yields one output row.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,10 +109,11 @@ def _resolve(uri: str, base: str) -> str:
 def _stat_or_missing(uri: str) -> ObjectInfo:
     try:
         return storage.stat(uri)
-    except FileNotFoundError:
-        return ObjectInfo(uri, -1, MISSING_VERSION)
-    except OSError:
-        # unreadable now (permissions, a directory, ...): the decode stage reports why
+    except Exception:
+        # missing or unreadable now (S3 AccessDenied, throttling after retries, a
+        # directory, ...): one object must not sink the whole manifest; the decode
+        # stage tries it and writes an error row saying why. Once it can be read,
+        # its real version differs from this placeholder, so a rerun labels it.
         return ObjectInfo(uri, -1, MISSING_VERSION)
 
 
@@ -161,7 +163,11 @@ def list_inputs(uri: str, suffixes: tuple[str, ...] = VIDEO_SUFFIXES) -> Listing
     """Everything to label under `uri`: a manifest, a directory/prefix, or one video file.
 
     Raises ListingError with a one-line reason when nothing can be listed.
+    Local paths are made absolute, so `videos/`, `./videos` and the same folder
+    named from another working directory give the same URIs (and resume keys).
     """
+    if not storage.is_s3(uri):
+        uri = os.path.abspath(storage.local_path(uri))
     if manifest_format(uri) is not None:
         if not _is_object(uri):
             raise ListingError(f"manifest not found: {uri}")

@@ -2,21 +2,21 @@
 
 Every input gives exactly one result: a uint8 clip `(T, 3, S, S)` ready for
 the model, or an error kind and message. Nothing raises out of
-`preprocess_batch`, so one bad video never fails the Ray task that holds it,
-and a decode that hangs is cut off after `timeout_s` (error kind "timeout").
+`preprocess_batch`, so one bad video never fails the Ray task that holds it:
+each video is fetched and decoded in a child process (`pipeline.isolation`),
+so a decoder that crashes or hangs (cut off after `timeout_s`) costs one
+error row.
 """
 
 from __future__ import annotations
 
-import os
-import stat as stat_mod
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline import storage
-from pipeline.decode import DecodeError, VideoMeta, decode_clip, forget_decoder_logs
+from pipeline.decode import DecodeError, VideoMeta, decode_clip
+from pipeline.isolation import ChildCrashed, ChildError, ChildProcess, ChildTimeout
 from pipeline.storage import ObjectInfo, SourceChangedError
 from pipeline.transforms import resize_crop
 
@@ -25,7 +25,12 @@ MISSING = "missing"  # the object does not exist (any more)
 READ_ERROR = "read_error"  # storage refused or failed (permissions, network, not a file)
 SOURCE_CHANGED = "source_changed"  # rewritten between listing and reading
 TIMEOUT = "timeout"  # fetch + decode took longer than the per-video limit
+DECODER_CRASH = "decoder_crash"  # the decoding process died (e.g. FFmpeg segfaulted)
 INTERNAL = "internal"  # a bug or an unexpected failure; the message says what
+
+# FFmpeg's words for a streamed read that failed on the network, not on the video
+_NETWORK_FAILURES = ("HTTP error", "Connection refused", "Connection reset", "timed out",
+                     "Input/output error", "Server returned")
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class PreprocessConfig:
     resize_size: int
     crop_size: int
     timeout_s: float = 120.0
-    stream_threshold_bytes: int = 64 * 1024 * 1024
+    stream_threshold_bytes: int = storage.STREAM_THRESHOLD
 
 
 @dataclass
@@ -65,70 +70,79 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"[:300] if text else type(e).__name__
 
 
+def _after_streamed_read(obj: ObjectInfo, error: DecodeError | None) -> ClipResult | None:
+    """The error row a streamed S3 read ends in, if any, judged by the object itself.
+
+    FFmpeg's GETs carry no If-Match, so the listed version is checked once the
+    frames are in (or the decode failed): a deleted or rewritten object is
+    reported as such, and an HTTP failure as a read error, not as bad video.
+    """
+    try:
+        now = storage.stat(obj.uri)
+    except FileNotFoundError:
+        return _error(obj, MISSING, "the object disappeared while it was read")
+    except Exception as e:
+        return _error(obj, READ_ERROR, f"cannot check the object: {_one_line(e)}")
+    if obj.version and now.version != obj.version:
+        return _error(obj, SOURCE_CHANGED, "the object was rewritten while it was read")
+    if error is not None and any(m in error.message for m in _NETWORK_FAILURES):
+        return _error(obj, READ_ERROR, f"streamed read failed: {error.message}")
+    return None
+
+
 def preprocess_one(obj: ObjectInfo, config: PreprocessConfig) -> ClipResult:
     """Fetch, decode and crop one video (no time limit); never raises for bad input."""
     try:
-        if storage.is_s3(obj.uri):
-            source = storage.open_input(
-                obj.uri,
-                size=obj.size if obj.size >= 0 else None,
-                version=obj.version or None,
-                stream_threshold=config.stream_threshold_bytes,
-            )
-        else:
-            path = storage.local_path(obj.uri)
-            if not stat_mod.S_ISREG(os.stat(path).st_mode):
-                return _error(obj, READ_ERROR, "not a regular file")
-            source = str(path)  # FFmpeg reads (and seeks) the file itself
+        source = storage.video_source(
+            obj.uri,
+            size=obj.size if obj.size >= 0 else None,
+            version=obj.version or None,
+            stream_threshold=config.stream_threshold_bytes,
+        )
     except FileNotFoundError:
         return _error(obj, MISSING, "the object does not exist")
     except SourceChangedError:
         return _error(obj, SOURCE_CHANGED, "the object was rewritten after it was listed")
-    except Exception as e:  # permissions, network after retries, bad URI
+    except Exception as e:  # permissions, network after retries, not a file, bad URI
         return _error(obj, READ_ERROR, f"cannot read: {_one_line(e)}")
+    streamed = isinstance(source, str) and storage.is_s3(obj.uri)
     try:
         frames, indices, meta = decode_clip(source, config.num_segments)
     except DecodeError as e:
+        if streamed and (changed := _after_streamed_read(obj, e)) is not None:
+            return changed
         return _error(obj, e.kind, e.message)
-    except SourceChangedError:  # a later ranged read saw a new version
-        return _error(obj, SOURCE_CHANGED, "the object was rewritten while it was read")
-    except FileNotFoundError:
-        return _error(obj, MISSING, "the object disappeared while it was read")
-    except OSError as e:
+    except OSError as e:  # a file object's read failed under the decoder
         return _error(obj, READ_ERROR, f"read failed: {_one_line(e)}")
     finally:
         if not isinstance(source, str):
             source.close()
+    if streamed and (changed := _after_streamed_read(obj, None)) is not None:
+        return changed
     clip = resize_crop(frames, config.resize_size, config.crop_size)
     return ClipResult(obj.uri, obj.version, clip=clip, indices=indices, meta=meta)
 
 
+# One decoding child per worker process, started at its first video and reused:
+# Ray runs many decode tasks in the same worker, so the start-up is paid rarely.
+_DECODER = ChildProcess()
+
+
 def preprocess_bounded(obj: ObjectInfo, config: PreprocessConfig) -> ClipResult:
-    """`preprocess_one` in a worker thread, given up after `config.timeout_s`.
+    """`preprocess_one` in a child process, killed after `config.timeout_s`.
 
-    A thread rather than a process: decord releases the GIL while it works, so
-    the wait can time out even inside FFmpeg, and it costs microseconds per
-    video. An abandoned thread cannot be killed: it finishes (or not) in the
-    background of its Ray worker process and its result is dropped; the job
-    goes on with an error row.
+    A segfault in FFmpeg or a decoder that never returns costs this one video
+    (error kinds "decoder_crash" and "timeout"), not the Ray task holding it,
+    and a killed child leaves no stuck thread or memory behind in the worker.
     """
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            box["result"] = preprocess_one(obj, config)
-        except BaseException as e:  # reported below as an internal error
-            box["error"] = e
-
-    thread = threading.Thread(target=work, name=f"decode {obj.uri}", daemon=True)
-    thread.start()
-    thread.join(config.timeout_s)
-    if thread.is_alive():
-        forget_decoder_logs(thread.ident)
+    try:
+        return _DECODER.call(preprocess_one, obj, config, timeout=config.timeout_s)
+    except ChildTimeout:
         return _error(obj, TIMEOUT, f"no result within {config.timeout_s:g} s (fetch + decode)")
-    if "error" in box:
-        return _error(obj, INTERNAL, _one_line(box["error"]))  # type: ignore[arg-type]
-    return box["result"]  # type: ignore[return-value]
+    except ChildCrashed as e:
+        return _error(obj, DECODER_CRASH, str(e))
+    except ChildError as e:
+        return _error(obj, INTERNAL, str(e))
 
 
 def results_to_batch(results: list[ClipResult], config: PreprocessConfig) -> dict[str, np.ndarray]:
@@ -177,6 +191,6 @@ def preprocess_batch(
         obj = ObjectInfo(str(uri), int(size), str(version))
         try:
             results.append(preprocess_bounded(obj, config))
-        except Exception as e:  # e.g. no thread could be started: still one row
+        except Exception as e:  # e.g. no child process could be started: still one row
             results.append(_error(obj, INTERNAL, _one_line(e)))
     return results_to_batch(results, config)

@@ -1,7 +1,9 @@
 """Resume: what an output location already holds, so a rerun labels only the rest.
 
 A video counts as done for a model version when a committed part file holds
-a row with its `(video_uri, source_version)` and that `model_version`, error
+a row with its `(video_uri, source_version)` and that `model_name` and
+`model_version` (registry versions are small integers that every registered
+model has, so the version alone does not say which model), error
 rows included (so a rerun never writes a second row for the same video and
 version). Only committed parts are read: in-progress temporary files are not
 part files by name, and leftovers from a killed run are removed.
@@ -59,26 +61,28 @@ def clean_stale_temp(output: str) -> int:
 
 def _open(part: ObjectInfo) -> pq.ParquetFile:
     # S3 parts are read through ranged GETs: the footer and three columns, not the file
-    return pq.ParquetFile(storage.open_input(part.uri, size=part.size, stream_threshold=0))
+    return pq.ParquetFile(storage.open_input(part.uri, size=part.size))
 
 
-def _keys(part: ObjectInfo, model_version: str) -> pa.Table:
+def _keys(part: ObjectInfo, model_name: str, model_version: str) -> pa.Table:
     try:
         table = _open(part).read(columns=list(KEY_COLUMNS))
     except Exception as e:
         raise ResumeError(f"cannot read existing part {part.uri}: {_one_line(e)}") from None
-    table = table.filter(pc.equal(table["model_version"], model_version))
+    mine = pc.and_(pc.equal(table["model_name"], model_name),
+                   pc.equal(table["model_version"], model_version))
+    table = table.filter(mine)
     return table.select(["video_uri", "source_version"])
 
 
-def done_keys(output: str, model_version: str) -> set[tuple[str, str]]:
-    """`(video_uri, source_version)` of every video `model_version` already has a row for."""
+def done_keys(output: str, model_name: str, model_version: str) -> set[tuple[str, str]]:
+    """`(video_uri, source_version)` of every video this model version has a row for."""
     parts = committed_parts(output)
     done: set[tuple[str, str]] = set()
     if not parts:
         return done
     with ThreadPoolExecutor(min(READ_WORKERS, len(parts))) as pool:
-        for table in pool.map(lambda p: _keys(p, model_version), parts):
+        for table in pool.map(lambda p: _keys(p, model_name, model_version), parts):
             done.update(
                 zip(table["video_uri"].to_pylist(), table["source_version"].to_pylist(),
                     strict=True)

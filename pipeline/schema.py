@@ -46,7 +46,7 @@ OUTPUT_FIELDS: tuple[tuple[str, pa.DataType | None, bool], ...] = (
 
 COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in OUTPUT_FIELDS)
 # what resume needs to know which videos a model version has already labelled
-KEY_COLUMNS = ("video_uri", "source_version", "model_version")
+KEY_COLUMNS = ("video_uri", "source_version", "model_name", "model_version")
 
 
 def embedding_type(dim: int, dtype: str = "float32") -> pa.DataType:

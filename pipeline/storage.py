@@ -11,23 +11,30 @@ from __future__ import annotations
 import functools
 import io
 import os
+import stat as stat_mod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 S3_RETRIES = {"mode": "standard", "max_attempts": 8}
-# Ranged reads: part size of each GET, parallel GETs for a whole read, and how
-# often one range is re-fetched when its body breaks off mid-stream (botocore
-# retries the request, not the reading of a streamed body).
-RANGE_PART_SIZE = 8 * 1024 * 1024
-RANGE_PARALLEL = 8
+# Ranged reads: how far a buffered stream reads ahead per GET, and how often
+# one GET is repeated when its body breaks off mid-stream (botocore retries
+# the request, not the reading of a streamed body).
+READ_AHEAD = 8 * 1024 * 1024
 BODY_RETRIES = 3
+PRESIGN_EXPIRES_S = 3600  # longer than any per-video decode timeout
+# videos larger than this are streamed by FFmpeg rather than read into memory whole
+STREAM_THRESHOLD = 64 * 1024 * 1024
 NOT_FOUND_CODES = ("404", "NoSuchKey", "NotFound")
 
 
 class SourceChangedError(OSError):
     """The object's bytes no longer match the version it was listed with."""
+
+
+class StorageReadError(OSError):
+    """S3 refused or failed a read (after botocore's retries)."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +93,12 @@ def _get_object(uri: str, version: str | None = None, byte_range: str | None = N
     """One GET (optionally ranged, optionally pinned to an ETag), body read included.
 
     FileNotFoundError for a missing object, SourceChangedError when the ETag no
-    longer matches. A body that breaks off mid-stream is fetched again.
+    longer matches, StorageReadError for any other failure: all OSErrors, so a
+    decoder reading through a stream can tell storage failures from bad video.
+    A body that breaks off mid-stream is fetched again.
     """
     from botocore.exceptions import (
+        BotoCoreError,
         ClientError,
         IncompleteReadError,
         ReadTimeoutError,
@@ -110,10 +120,12 @@ def _get_object(uri: str, version: str | None = None, byte_range: str | None = N
                 raise FileNotFoundError(uri) from None
             if code == "PreconditionFailed":
                 raise SourceChangedError(f"{uri} changed since it was listed") from None
-            raise
-        except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError):
+            raise StorageReadError(f"{uri}: {code or e}") from e
+        except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError) as e:
             if attempt == BODY_RETRIES - 1:
-                raise
+                raise StorageReadError(f"{uri}: {e}") from e
+        except BotoCoreError as e:  # connection refused, endpoint unreachable, ...
+            raise StorageReadError(f"{uri}: {e}") from e
     raise AssertionError("unreachable")
 
 
@@ -150,28 +162,18 @@ class RangedReader(io.RawIOBase):
     """A seekable, read-only stream over an S3 object, served by ranged GETs.
 
     Each `readinto` fetches just the bytes asked for (wrap it in
-    `io.BufferedReader` to read in sensible chunks); `readall` fetches the rest
-    of the object as parallel ranged GETs of `part_size`. Every GET is pinned
-    to `version` (If-Match), so all ranges come from the same object version,
-    and a dropped connection costs one range, not the whole object.
+    `io.BufferedReader` to read in sensible chunks), so a reader that seeks,
+    such as pyarrow reading a Parquet footer and a few columns, fetches only
+    what it reads. Every GET is pinned to `version` (If-Match), so all ranges
+    come from the same object version.
     """
 
-    def __init__(
-        self,
-        uri: str,
-        size: int,
-        version: str | None = None,
-        *,
-        part_size: int = RANGE_PART_SIZE,
-        parallel: int = RANGE_PARALLEL,
-    ):
+    def __init__(self, uri: str, size: int, version: str | None = None):
         super().__init__()
         split_s3(uri)  # validates the URI now rather than at the first read
         self.uri = uri
         self.size = size
         self.version = version
-        self.part_size = part_size
-        self.parallel = parallel
         self._pos = 0
 
     def readable(self) -> bool:
@@ -215,40 +217,66 @@ class RangedReader(io.RawIOBase):
         start, end = self._pos, self.size
         if start >= end:
             return b""
-        bounds = [(a, min(a + self.part_size, end)) for a in range(start, end, self.part_size)]
-        if len(bounds) == 1:
-            parts = [self._range(*bounds[0])]
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(min(self.parallel, len(bounds))) as pool:
-                parts = list(pool.map(lambda b: self._range(*b), bounds))
+        data = self._range(start, end)
         self._pos = end
-        return b"".join(parts)
+        return data
 
 
-def open_input(
-    uri: str,
-    *,
-    size: int | None = None,
-    version: str | None = None,
-    stream_threshold: int | None = None,
-) -> BinaryIO:
-    """A seekable binary stream over the object (for decoders that take file objects).
+def open_input(uri: str, *, size: int | None = None, version: str | None = None) -> BinaryIO:
+    """A seekable binary stream over the object, for readers that take file objects.
 
-    S3 objects up to `stream_threshold` bytes are fetched whole with one GET;
-    larger ones (or all, when the threshold is 0) come through a buffered
-    `RangedReader`. `size` and `version` are what the listing said; without a
-    size, S3 objects are stat-ed first. Local files open directly.
+    S3 objects come through a buffered `RangedReader`, so a reader that seeks
+    (pyarrow reading a Parquet footer and a few columns) fetches only what it
+    reads. `size` and `version` are what the listing said; without a size the
+    object is stat-ed first. Local files open directly.
     """
     if not is_s3(uri):
         return open(local_path(uri), "rb")
     if size is None:
         info = stat(uri)
         size, version = info.size, version or info.version
-    if stream_threshold is None or size <= stream_threshold:
-        return io.BytesIO(read_bytes(uri, version))
-    return io.BufferedReader(RangedReader(uri, size, version), buffer_size=RANGE_PART_SIZE)
+    return io.BufferedReader(RangedReader(uri, size, version), buffer_size=READ_AHEAD)
+
+
+def video_source(
+    uri: str,
+    *,
+    size: int | None = None,
+    version: str | None = None,
+    stream_threshold: int = STREAM_THRESHOLD,
+) -> str | BinaryIO:
+    """What a decoder should read for `uri`: a local path, the bytes, or a signed URL.
+
+    Local files are passed as paths (FFmpeg reads and seeks them itself). S3
+    objects up to `stream_threshold` bytes are fetched with one GET, pinned to
+    `version` when given. Larger ones become a presigned URL: FFmpeg reads the
+    video as a stream and seeks with ranged GETs, so memory stays bounded by
+    its buffers whatever the video's size. Without `size`, S3 objects are
+    stat-ed first. A local path that is not a regular file raises
+    IsADirectoryError; a missing one FileNotFoundError.
+    """
+    if not is_s3(uri):
+        path = local_path(uri)
+        if not stat_mod.S_ISREG(os.stat(path).st_mode):
+            raise IsADirectoryError(f"not a regular file: {uri}")
+        return str(path)
+    if size is None:
+        size = stat(uri).size
+    if size > stream_threshold:
+        return presigned_url(uri)
+    return io.BytesIO(read_bytes(uri, version))
+
+
+def presigned_url(uri: str, expires_s: int = PRESIGN_EXPIRES_S) -> str:
+    """A URL that lets FFmpeg GET the object (ranges included) without our credentials.
+
+    It carries a signature valid for this one object until it expires, never
+    the secret key; callers keep it out of logs and rows all the same.
+    """
+    bucket, key = split_s3(uri)
+    return s3_client().generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
+    )
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -128,3 +128,13 @@ def test_long_video_seeks_and_still_gets_the_right_frames(tmp_path):
     frames, indices, _ = decode_clip(str(path), 4)
     for frame, k in zip(frames, indices.tolist(), strict=True):
         assert _mad(frame, videos.reference_frame(path, k)) < SAME_FRAME
+
+
+def test_error_messages_never_carry_a_signed_urls_query():
+    from pipeline.decode import _gist
+
+    url = ("https://videos.s3.amazonaws.com/u/1.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+           "&X-Amz-Credential=AKIAEXAMPLE%2F20261125&X-Amz-Signature=0123abcd")
+    msg = _gist("", f"Error reading {url}...")
+    assert "https://videos.s3.amazonaws.com/u/1.mp4" in msg
+    assert "AKIAEXAMPLE" not in msg and "Signature" not in msg

@@ -158,6 +158,9 @@ def test_bad_settings_fail_before_anything_runs(tiny_model, corpus_dir, tmp_path
         (cfg(model="models:/nope@champion"), "nope"),
         (cfg(input=str(tmp_path / "nothing")), "input not found"),
         (cfg(gpus_per_actor=1), "GPUs"),
+        (cfg(decode_timeout_s=float("inf")), "decode timeout must be in"),
+        (cfg(stream_threshold_mb=float("nan")), "stream threshold must be in"),
+        (cfg(stream_threshold_mb=1e9), "stream threshold must be in"),
     ]:
         with pytest.raises(LabelError, match=needle):
             run_label(config)

@@ -44,6 +44,15 @@ def test_directory_keeps_videos_only_in_order(vdir):
     assert obj.size == 10 and obj.version.startswith("10-")
 
 
+def test_relative_local_paths_give_the_same_uris_as_absolute_ones(vdir, monkeypatch):
+    # resume keys on the URI: `videos`, `./videos/` and the absolute path must agree
+    monkeypatch.chdir(vdir.parent)
+    absolute = [o.uri for o in list_inputs(str(vdir)).objects]
+    assert [o.uri for o in list_inputs("videos").objects] == absolute
+    assert [o.uri for o in list_inputs("./videos/").objects] == absolute
+    assert [o.uri for o in list_inputs("videos/b.mp4").objects] == [str(vdir / "b.mp4")]
+
+
 def test_single_file(vdir):
     listing = list_inputs(str(vdir / "b.mp4"))
     assert [o.uri for o in listing.objects] == [str(vdir / "b.mp4")] and listing.kind == "file"

@@ -36,12 +36,14 @@ def test_parts_roll_by_rows_and_resume_reads_them_back(where, tmp_path, request)
         writer.write(rows(5, start))
     assert len(writer.parts) == 2  # 10 + 10 committed, 5 still open
     # resume sees only what was committed
-    assert len(resume.done_keys(out, "m1")) == 20
+    assert len(resume.done_keys(out, "m", "m1")) == 20
     writer.close()
     assert len(writer.parts) == 3 and writer.rows_committed == 25
-    done = resume.done_keys(out, "m1")
+    done = resume.done_keys(out, "m", "m1")
     assert done == {(f"s3://b/v{i}.mp4", f"e{i}") for i in range(25)}
-    assert resume.done_keys(out, "other-version") == set()
+    assert resume.done_keys(out, "m", "other-version") == set()
+    # the same version number of another model has labelled nothing here
+    assert resume.done_keys(out, "another-model", "m1") == set()
     parts = resume.committed_parts(out)
     assert [p.uri for p in parts] == writer.parts
     if where == "local":
@@ -60,7 +62,7 @@ def test_killed_writer_leaves_only_committed_parts_and_temp_is_cleaned(tmp_path)
     writer.write(rows(2, 10))  # 2 rows in an open temp file
     temps = list(out.glob(".part-*.parquet.tmp"))
     assert len(temps) == 1  # hidden, not *.parquet: readers and resume skip it
-    assert len(resume.done_keys(str(out), "m1")) == 10
+    assert len(resume.done_keys(str(out), "m", "m1")) == 10
     assert pads.dataset(str(out)).count_rows() == 10
     # the process dies here (no close); the next run cleans the leftover up
     assert resume.clean_stale_temp(str(out)) == 1
@@ -83,7 +85,7 @@ def test_schema_mismatch_is_refused(tmp_path):
 def test_output_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(resume.ResumeError, match="not a directory"):
-        resume.done_keys(str(tmp_path / "f"), "m1")
+        resume.done_keys(str(tmp_path / "f"), "m", "m1")
 
 
 # ---------------------------------------------------------------- the model stage

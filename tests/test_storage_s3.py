@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from pipeline import storage
-from pipeline.decode import decode_clip
 from pipeline.storage import RangedReader, SourceChangedError
 
 
@@ -49,7 +48,7 @@ def test_rewritten_object_is_detected(bucket, blob):
 
 def test_ranged_reader_behaves_like_a_file(blob):
     uri, data, etag = blob
-    raw = RangedReader(uri, len(data), etag, part_size=64 * 1024, parallel=4)
+    raw = RangedReader(uri, len(data), etag)
     assert raw.seekable() and raw.readable()
     assert raw.read(10) == data[:10]
     assert raw.seek(-5, io.SEEK_END) == len(data) - 5
@@ -58,39 +57,50 @@ def test_ranged_reader_behaves_like_a_file(blob):
     raw.seek(1000)
     raw.seek(24, io.SEEK_CUR)
     assert raw.tell() == 1024
-    # readall: the rest of the object as parallel ranged GETs, in order
+    # readall: the rest of the object
     assert raw.readall() == data[1024:]
     with pytest.raises(OSError):
         raw.seek(-1)
-    buffered = io.BufferedReader(RangedReader(uri, len(data), etag, part_size=50_000), 8192)
+    buffered = io.BufferedReader(RangedReader(uri, len(data), etag), 8192)
     assert buffered.read() == data  # BufferedReader.read() delegates to readall
     buffered.seek(123_456)
     assert buffered.read(7) == data[123_456:123_463]
 
 
-def test_open_input_switches_to_ranged_reads_above_the_threshold(blob):
+def test_open_input_reads_s3_through_ranged_gets(blob):
     uri, data, _ = blob
-    small = storage.open_input(uri, stream_threshold=10 * len(data))
-    assert isinstance(small, io.BytesIO)
-    big = storage.open_input(uri, stream_threshold=1000)
-    assert isinstance(big, io.BufferedReader) and isinstance(big.raw, RangedReader)
-    assert big.read() == data == small.read()
+    stream = storage.open_input(uri)
+    assert isinstance(stream, io.BufferedReader) and isinstance(stream.raw, RangedReader)
+    stream.seek(250_000)
+    assert stream.read(10) == data[250_000:250_010]
 
 
-def test_ranged_stream_decodes_the_same_frames_as_a_whole_read(bucket, video_corpus):
+@pytest.mark.parametrize("threshold_mb", [64, 0])
+def test_streamed_and_whole_reads_decode_the_same_frames(bucket, video_corpus, threshold_mb):
+    # 64 MB: one GET into memory; 0: FFmpeg streams the presigned URL with ranged GETs
+    from pipeline.preprocess import PreprocessConfig, preprocess_one
+
     path = video_corpus["vp9"]
-    uri = f"s3://{bucket}/v/{path.name}"
     storage.s3_client().upload_file(str(path), bucket, f"v/{path.name}")
-    info = storage.stat(uri)
-    whole = storage.open_input(uri, size=info.size, version=info.version, stream_threshold=None)
-    streamed = storage.open_input(uri, size=info.size, version=info.version, stream_threshold=0)
-    assert isinstance(streamed.raw, RangedReader)
-    a, idx_a, meta_a = decode_clip(whole, 4)
-    b, idx_b, meta_b = decode_clip(streamed, 4)
-    local, idx_c, _ = decode_clip(str(path), 4)
-    assert idx_a.tolist() == idx_b.tolist() == idx_c.tolist()
-    assert np.array_equal(a, b) and np.array_equal(a, local)
-    assert meta_a == meta_b
+    cfg = PreprocessConfig(num_segments=4, resize_size=40, crop_size=32,
+                           stream_threshold_bytes=threshold_mb * 1024 * 1024)
+    s3 = preprocess_one(storage.stat(f"s3://{bucket}/v/{path.name}"), cfg)
+    local = preprocess_one(storage.stat(str(path)), cfg)
+    assert s3.ok and local.ok
+    assert s3.indices.tolist() == local.indices.tolist()
+    assert np.array_equal(s3.clip, local.clip) and s3.meta == local.meta
+
+
+def test_presigned_urls_never_reach_error_messages(bucket):
+    from pipeline.preprocess import PreprocessConfig, preprocess_one
+
+    storage.write_bytes(f"s3://{bucket}/junk.mp4", b"not a video at all" * 1000)
+    cfg = PreprocessConfig(num_segments=4, resize_size=40, crop_size=32,
+                           stream_threshold_bytes=0)
+    r = preprocess_one(storage.stat(f"s3://{bucket}/junk.mp4"), cfg)
+    assert r.error_kind == "corrupt"
+    for secret in ("Signature", "AWSAccessKeyId", "X-Amz", "testing"):
+        assert secret not in r.error_message
 
 
 def test_upload_file_and_delete(bucket, tmp_path):
@@ -106,3 +116,30 @@ def test_upload_file_and_delete(bucket, tmp_path):
     src.write_bytes(b"local")
     storage.upload_file(src, str(tmp_path / "out" / "p.bin"))
     assert not src.exists() and (tmp_path / "out" / "p.bin").read_bytes() == b"local"
+
+
+@pytest.mark.parametrize("change", ["deleted", "rewritten"])
+def test_storage_failure_inside_a_streamed_decode_is_not_called_corrupt(
+    bucket, video_corpus, change
+):
+    # threshold 0: the decoder pulls the bytes through ranged GETs itself, so the
+    # failure happens inside decord's read, after the listing said the object was fine
+    from pipeline.preprocess import (
+        MISSING,
+        SOURCE_CHANGED,
+        PreprocessConfig,
+        preprocess_one,
+    )
+
+    key = f"{change}.mp4"
+    storage.s3_client().upload_file(str(video_corpus["h264"]), bucket, key)
+    uri = f"s3://{bucket}/{key}"
+    listed = storage.stat(uri)
+    if change == "deleted":
+        storage.delete(uri)
+    else:
+        storage.write_bytes(uri, video_corpus["vp9"].read_bytes())
+    cfg = PreprocessConfig(num_segments=4, resize_size=40, crop_size=32,
+                           stream_threshold_bytes=0)
+    r = preprocess_one(listed, cfg)
+    assert r.error_kind == {"deleted": MISSING, "rewritten": SOURCE_CHANGED}[change]

@@ -1,0 +1,175 @@
+"""Run calls in a long-lived child process, so a crash or a hang costs one call.
+
+FFmpeg can segfault or spin on a hostile file. Inside a Ray task either would
+take the whole task down (and Ray Data retries failed tasks without end), so
+the decode stage runs each video in a child process of its own worker: a
+crash surfaces as `ChildCrashed`, a hang as `ChildTimeout` after the child is
+killed, and the next call starts a fresh child. The child is started with
+`subprocess` (fork + exec), not `multiprocessing`'s fork, which is unsafe in
+Ray's multi-threaded workers, nor its spawn, which re-runs the parent's
+`__main__`.
+
+Calls and results travel as length-prefixed pickles over the child's stdin and
+stdout. Both ends are this package's own code, so nothing untrusted is ever
+unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+_HEADER = struct.Struct("<Q")
+START_TIMEOUT_S = 120.0  # importing numpy and decord on a loaded machine
+
+
+class ChildError(RuntimeError):
+    """The call raised inside the child; the message names the exception."""
+
+
+class ChildCrashed(RuntimeError):
+    """The child died during the call (a signal such as SIGSEGV, or an exit)."""
+
+
+class ChildTimeout(TimeoutError):
+    """The call did not finish in time; the child was killed."""
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class ChildProcess:
+    """One child Python process that runs `fn(*args)` calls one at a time.
+
+    The child inherits the environment as it is when the child starts; if
+    `os.environ` has changed since, the next call restarts it, so credentials
+    and endpoints are never stale.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._env: dict[str, str] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _start(self) -> None:
+        self.close()
+        self._env = dict(os.environ)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.isolation"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            # the child's stderr (FFmpeg's noise that escapes capture) goes where ours does
+            env=self._env,
+        )
+        # the start-up (imports) is not charged to the first call's time limit
+        status, _ = self._receive(START_TIMEOUT_S)
+        if status != "ready":
+            raise ChildCrashed(f"the child process did not start ({status})")
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
+        """`fn(*args)` in the child; raises ChildError, ChildCrashed or ChildTimeout."""
+        if self._proc is None or self._proc.poll() is not None or self._env != os.environ:
+            self._start()
+        assert self._proc is not None and self._proc.stdin is not None
+        message = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self._proc.stdin.write(_HEADER.pack(len(message)) + message)
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._crashed() from None
+        status, value = self._receive(timeout)
+        if status == "error":
+            raise ChildError(value)
+        return value
+
+    def _crashed(self) -> ChildCrashed:
+        assert self._proc is not None
+        code = self._proc.wait()
+        self._proc = None
+        return ChildCrashed(f"the decoding process {_describe_exit(code)}")
+
+    def _read_exactly(self, n: int, deadline: float) -> bytes:
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        chunks: list[bytes] = []
+        while n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, min(n, 1 << 20))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def _receive(self, timeout: float) -> tuple[str, Any]:
+        deadline = time.monotonic() + timeout
+        try:
+            (size,) = _HEADER.unpack(self._read_exactly(_HEADER.size, deadline))
+            return pickle.loads(self._read_exactly(size, deadline))
+        except TimeoutError:
+            self.close()
+            raise ChildTimeout(f"no result within {timeout:g} s") from None
+        except EOFError:
+            raise self._crashed() from None
+
+    def close(self) -> None:
+        """Kill the child (if any); the next call starts a new one."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def _serve() -> None:
+    """The child's loop: read a call, run it, write back ("ok", value) or ("error", text)."""
+    # Keep the protocol pipe private: anything the called code prints to stdout
+    # (a library's print, FFmpeg writing to fd 1) goes to stderr instead.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    inp = sys.stdin.buffer
+
+    def send(status: str, value: Any) -> None:
+        data = pickle.dumps((status, value), protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(_HEADER.pack(len(data)) + data)
+        out.flush()
+
+    # Warm the imports the decode stage needs, so the first call is not slower.
+    import pipeline.preprocess  # noqa: F401
+
+    send("ready", None)
+    while header := inp.read(_HEADER.size):
+        (size,) = _HEADER.unpack(header)
+        fn, args = pickle.loads(inp.read(size))
+        try:
+            result = ("ok", fn(*args))
+        except Exception as e:
+            result = ("error", f"{type(e).__name__}: {' '.join(str(e).split())}"[:500])
+        send(*result)
+
+
+if __name__ == "__main__":
+    _serve()
