@@ -64,7 +64,7 @@ from pipeline.preprocess import PreprocessConfig  # noqa: E402
 # clips decoded while they were starting, which would flatter the pipeline's rate
 STEADY = (0.3, 0.9)
 
-# like the bundled model: MobileNetV2 TSM, 8 segments, 112 px crops of 128 px frames
+# a light production-style model: MobileNetV2 TSM, 8 segments, 112 px crops of 128 px frames
 MODEL = dict(arch="mobilenetv2", num_classes=10, num_segments=8, input_size=112, resize_size=128)
 
 

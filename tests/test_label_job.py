@@ -30,7 +30,7 @@ def read_output(output: str) -> pa.Table:
     """Every committed row under a local or S3 output."""
     tables = []
     for part in resume.committed_parts(output):
-        src = storage.open_input(part.uri, size=part.size, stream_threshold=0)
+        src = storage.open_input(part.uri, size=part.size)
         tables.append(pq.ParquetFile(src).read())
     return pa.concat_tables(tables)
 
