@@ -53,7 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jobs.label import _stderr_to  # noqa: E402
+from jobs.console import stderr_to  # noqa: E402
 from pipeline.inference import InferenceConfig  # noqa: E402
 from pipeline.label_job import LabelConfig, decode_stage, model_stage, run_label  # noqa: E402
 from pipeline.listing import list_inputs  # noqa: E402
@@ -311,7 +311,7 @@ def main() -> None:
     # before Ray starts: its background threads in this process would count as work
     pure_d, pure_m = pure_work(todo, pre, inf, sample=min(20, n))
 
-    with _stderr_to(work / "stderr.log"):
+    with stderr_to(work / "stderr.log"):
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR)
     ctx = ray.data.DataContext.get_current()
@@ -323,7 +323,7 @@ def main() -> None:
     load_before = os.getloadavg()
     rounds = []
     for r in range(1, args.repeats + 1):
-        with _stderr_to(log_path):  # Ray's and MLflow's start-up lines, not the table
+        with stderr_to(log_path):  # Ray's and MLflow's start-up lines, not the table
             rounds.append(measure(r, args, todo, pre, inf, config, work, videos, model))
 
     def med(key: str) -> float:

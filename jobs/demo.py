@@ -60,16 +60,14 @@ def command(
     videos: int = typer.Option(40, min=1, max=5000, help="synthetic videos to make and label"),
 ) -> None:
     """Make videos, register the bundled model, label them with Ray, show the results."""
-    import os
-    import tempfile
     import time
 
     from rich.console import Console
     from rich.table import Table
 
     import tsm_model
+    from jobs.console import ProgressBar, log_file, stderr_to
     from jobs.evaluate import read_predictions, score
-    from jobs.label import _ProgressBar, _stderr_to
     from pipeline.clip_dataset import read_labelled_manifest
     from pipeline.label_job import LabelConfig, LabelError, run_label
     from pipeline.tracking import configure_mlflow
@@ -83,9 +81,9 @@ def command(
     console.print(f"[bold]1/3[/] {videos} synthetic videos (seed {DEMO_SEED}) in {workdir}")
     manifest = make_corpus(workdir / "corpus", videos)
 
-    log_path = Path(tempfile.gettempdir()) / f"tsm-demo-{os.getpid()}.log"
+    log_path = log_file("demo")
     # MLflow's and Ray's start-up chatter goes to a log file, the console keeps the story
-    with _stderr_to(log_path):
+    with stderr_to(log_path):
         uri = configure_mlflow()
         version, created = ensure_registered()
     model_uri = f"models:/{MODEL_NAME}@{ALIAS}"
@@ -94,9 +92,9 @@ def command(
 
     output = workdir / "labels"
     console.print(f"[bold]3/3[/] label job (local Ray) -> {output}")
-    bar = _ProgressBar(enabled=True)
+    bar = ProgressBar(enabled=True)
     try:
-        with _stderr_to(log_path), bar:
+        with stderr_to(log_path), bar:
             summary = run_label(LabelConfig(input=str(manifest), output=str(output),
                                             model=model_uri, top_k=5),
                                 on_start=bar.start, on_progress=bar.update)

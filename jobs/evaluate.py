@@ -130,14 +130,13 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
 def evaluate(model: str, manifest: str, output: str | None = None, *,
              batch_size: int = 16, quiet: bool = False) -> EvalResult:
     """Label the manifest with `model`, score it against the labels, log it all to MLflow."""
-    import mlflow
     from rich.console import Console
 
     import tsm_model
+    from jobs.console import ProgressBar, log_file, stderr_to
     from pipeline import registry
     from pipeline.clip_dataset import read_labelled_manifest
     from pipeline.label_job import LabelConfig, run_label
-    from pipeline.tracking import configure_mlflow
 
     console = Console(quiet=quiet)
     labelled = read_labelled_manifest(manifest)
@@ -151,11 +150,29 @@ def evaluate(model: str, manifest: str, output: str | None = None, *,
     out = output or str(Path("runs") / "evaluate" / f"{ref.name}-{ref.version}")
     console.print(f"labelling {len(labelled)} videos with {ref.name} version {ref.version} "
                   f"-> {out}")
-    summary = run_label(LabelConfig(input=str(manifest), output=out, model=model,
-                                    embeddings=False, top_k=min(5, len(classes)),
-                                    batch_size=batch_size))
+    config = LabelConfig(input=str(manifest), output=out, model=model, embeddings=False,
+                         top_k=min(5, len(classes)), batch_size=batch_size)
+    # Ray's and MLflow's own notes go to a log file; the console keeps the progress bar
+    log_path = log_file("evaluate")
+    bar = ProgressBar(enabled=not quiet)
+    with stderr_to(log_path), bar:
+        summary = run_label(config, on_start=bar.start, on_progress=bar.update)
     predictions = read_predictions(out, ref.name, ref.version)
     top1, top5, per_class, errors, confusion, error_uris = score(labelled, predictions, classes)
+    with stderr_to(log_path):
+        run = _log_evaluation(model, manifest, ref, summary, len(labelled), top1, top5,
+                              per_class, errors, confusion, error_uris, classes)
+    return EvalResult(ref.name, ref.version, len(labelled), top1, top5, per_class, errors,
+                      confusion, classes, run.info.run_id, out, error_uris)
+
+
+def _log_evaluation(model, manifest, ref, summary, num_videos, top1, top5, per_class, errors,
+                    confusion, error_uris, classes):
+    """The MLflow run of an evaluation, and its metrics on the registered version."""
+    import mlflow
+
+    from pipeline import registry
+    from pipeline.tracking import configure_mlflow
 
     configure_mlflow()
     mlflow.set_experiment(EXPERIMENT)
@@ -163,7 +180,7 @@ def evaluate(model: str, manifest: str, output: str | None = None, *,
         mlflow.set_tags({"model_name": ref.name, "model_version": ref.version,
                          "model_uri": model, "manifest": str(manifest),
                          "label_run_id": summary.run_id})
-        mlflow.log_params({"num_videos": len(labelled), "manifest": str(manifest)})
+        mlflow.log_params({"num_videos": num_videos, "manifest": str(manifest)})
         metrics = {"top1": top1, "top5": top5, "num_errors": sum(errors.values())}
         metrics.update({f"acc_{c}": a for c, a in per_class.items()})
         mlflow.log_metrics(metrics)
@@ -178,8 +195,7 @@ def evaluate(model: str, manifest: str, output: str | None = None, *,
         registry.record_metrics(ref.name, ref.version, {"top1": top1, "top5": top5})
         registry.tag_version(ref.name, ref.version, {"eval_run_id": run.info.run_id,
                                                      "eval_manifest": str(manifest)})
-    return EvalResult(ref.name, ref.version, len(labelled), top1, top5, per_class, errors,
-                      confusion, classes, run.info.run_id, out, error_uris)
+    return run
 
 
 def command(

@@ -9,35 +9,16 @@ inputs or the model end the command with one line and exit code 2.
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
+from jobs.console import ProgressBar, log_file, stderr_to
+
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
-
-
-@contextmanager
-def _stderr_to(path: Path) -> Iterator[None]:
-    """Point fd 2 (Python's and native code's stderr) at `path` for the duration."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -164,11 +145,10 @@ def label(
     except LabelError as e:
         raise _fail(str(e), EXIT_BAD_INPUT) from None
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_path = Path(tempfile.gettempdir()) / f"tsm-label-{stamp}-{os.getpid()}.log"
-    bar = _ProgressBar(enabled=progress)
+    log_path = log_file("label")
+    bar = ProgressBar(enabled=progress)
     try:
-        with _stderr_to(log_path), bar:
+        with stderr_to(log_path), bar:
             summary = run_label(config, on_start=bar.start, on_progress=bar.update)
     except LabelError as e:
         raise _fail(str(e), EXIT_BAD_INPUT) from None
@@ -183,50 +163,3 @@ def label(
         raise _fail(f"{type(e).__name__}: {' '.join(str(e).split())[:300]} (details: {log_path})",
                     EXIT_FAILED) from None
     _summary(summary, log_path)
-
-
-class _ProgressBar:
-    """A rich progress bar fed by the job's progress callbacks (drawn on stdout)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._progress = None
-        self._task = None
-
-    def __enter__(self) -> _ProgressBar:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]labelling"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("errors {task.fields[errors]}"),
-                TextColumn("{task.fields[rate]:.2f} videos/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(file=sys.stdout),
-                transient=True,
-            )
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def start(self, p) -> None:
-        if self._progress is not None:
-            self._task = self._progress.add_task("label", total=p.total, errors=0, rate=0.0)
-
-    def update(self, p) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=p.done, errors=p.errors, rate=p.rate)
