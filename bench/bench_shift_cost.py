@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,17 +26,9 @@ import torch
 
 from tsm_model import TSMConfig, build, temporal_shift
 
-
-def reference_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.Tensor:
-    """mit-han-lab reference: zeros_like, then three slice copies."""
-    nt, c, h, w = x.shape
-    v = x.view(nt // n_segment, n_segment, c, h, w)
-    fold = c // fold_div
-    out = torch.zeros_like(v)
-    out[:, :-1, :fold] = v[:, 1:, :fold]
-    out[:, 1:, fold : 2 * fold] = v[:, :-1, fold : 2 * fold]
-    out[:, :, 2 * fold :] = v[:, :, 2 * fold :]
-    return out.view(nt, c, h, w)
+# the reference implementation's op, as the tests re-implement it
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from reference_tsm import reference_shift
 
 
 def cat_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.Tensor:

@@ -106,6 +106,29 @@ def mlflow_store(tmp_path_factory):
     _restore_env(old)
 
 
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite tracking store and model cache, with the working folder in tmp_path."""
+    from pipeline import registry
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors on a shared 2-core box: OpenMP hand-offs cost far more than they save."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random MobileNetV2 TSM: 4 classes, 4 segments, 32 px crops."""

@@ -14,22 +14,27 @@ import torchvision
 from torch import Tensor, nn
 
 
+def reference_shift(x: Tensor, n_segment: int, fold_div: int = 8) -> Tensor:
+    """The reference shift op: zeros, then three slice copies (next / previous / unchanged)."""
+    nt, c, h, w = x.size()
+    x5 = x.view(nt // n_segment, n_segment, c, h, w)
+    fold = c // fold_div
+    out = torch.zeros_like(x5)
+    out[:, :-1, :fold] = x5[:, 1:, :fold]
+    out[:, 1:, fold : 2 * fold] = x5[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = x5[:, :, 2 * fold :]
+    return out.view(nt, c, h, w)
+
+
 class RefShift(nn.Module):
-    """Reference shift: zeros, then three slice copies (next / previous / unchanged)."""
+    """Reference shift module: `reference_shift`, then the wrapped conv."""
 
     def __init__(self, net: nn.Module, n_segment: int, n_div: int) -> None:
         super().__init__()
         self.net, self.n_segment, self.fold_div = net, n_segment, n_div
 
     def forward(self, x: Tensor) -> Tensor:
-        nt, c, h, w = x.size()
-        x5 = x.view(nt // self.n_segment, self.n_segment, c, h, w)
-        fold = c // self.fold_div
-        out = torch.zeros_like(x5)
-        out[:, :-1, :fold] = x5[:, 1:, :fold]
-        out[:, 1:, fold : 2 * fold] = x5[:, :-1, fold : 2 * fold]
-        out[:, :, 2 * fold :] = x5[:, :, 2 * fold :]
-        return self.net(out.view(nt, c, h, w))
+        return self.net(reference_shift(x, self.n_segment, self.fold_div))
 
 
 class RefPool(nn.Module):

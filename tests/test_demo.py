@@ -22,14 +22,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path
-
 
 def clip(model, frames: np.ndarray) -> torch.Tensor:
     """The model's input for raw frames: TSN centre sampling, resize/crop, normalise."""

@@ -18,15 +18,6 @@ from jobs.evaluate import evaluate, score
 from pipeline import registry, resume, storage, synthetic
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path
-
-
 def tiny_model(path, seed: int):
     import torch
 

@@ -13,16 +13,6 @@ from safetensors.torch import save_file
 from pipeline import registry
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh SQLite tracking store and model cache, with artifacts under tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path
-
-
 def make_model_dir(path: Path, seed: int) -> Path:
     """A directory shaped like tsm_model.save output (weights content is arbitrary here)."""
     path.mkdir(parents=True)

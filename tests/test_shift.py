@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
+from reference_tsm import reference_shift
 from torch import nn
 
 from tsm_model import TemporalPool, TemporalShift, temporal_shift
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny tensors on a shared 2-core box: OpenMP hand-offs cost far more than they save.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # One clip, T=3 frames, C=4 channels, 1x1 pixels; value = 10*t + c + 1 (no zeros, so a
@@ -36,18 +28,6 @@ EXPECTED = {
 
 def _as_nt(clips: list[list[list[int]]]) -> torch.Tensor:
     return torch.tensor(clips, dtype=torch.float32).flatten(0, 1)[..., None, None]
-
-
-def reference_shift(x: torch.Tensor, n_segment: int, fold_div: int) -> torch.Tensor:
-    """The reference implementation's op: zeros, three slice copies."""
-    nt, c, h, w = x.shape
-    v = x.view(nt // n_segment, n_segment, c, h, w)
-    fold = c // fold_div
-    out = torch.zeros_like(v)
-    out[:, :-1, :fold] = v[:, 1:, :fold]
-    out[:, 1:, fold : 2 * fold] = v[:, :-1, fold : 2 * fold]
-    out[:, :, 2 * fold :] = v[:, :, 2 * fold :]
-    return out.view(nt, c, h, w)
 
 
 @pytest.mark.parametrize(("mode", "padding"), list(EXPECTED))

@@ -23,14 +23,6 @@ def corpus(tmp_path_factory):
     return synthetic.generate(out, cfg)
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path
-
 
 TINY = {"arch": "resnet18", "num_segments": 4, "input_size": 32, "resize_size": 32,
         "dropout": 0.0}
