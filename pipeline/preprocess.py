@@ -109,16 +109,16 @@ def preprocess_one(obj: ObjectInfo, config: PreprocessConfig) -> ClipResult:
     try:
         frames, indices, meta = decode_clip(source, config.num_segments)
     except DecodeError as e:
-        if streamed and (changed := _after_streamed_read(obj, e)) is not None:
-            return changed
+        if streamed and (verdict := _after_streamed_read(obj, e)) is not None:
+            return verdict
         return _error(obj, e.kind, e.message)
     except OSError as e:  # a file object's read failed under the decoder
         return _error(obj, READ_ERROR, f"read failed: {_one_line(e)}")
     finally:
         if not isinstance(source, str):
             source.close()
-    if streamed and (changed := _after_streamed_read(obj, None)) is not None:
-        return changed
+    if streamed and (verdict := _after_streamed_read(obj, None)) is not None:
+        return verdict
     clip = resize_crop(frames, config.resize_size, config.crop_size)
     return ClipResult(obj.uri, obj.version, clip=clip, indices=indices, meta=meta)
 
