@@ -11,6 +11,7 @@ model name and version; top-1/top-5 are also stored on the registered version
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -159,16 +160,15 @@ def evaluate(model: str, manifest: str, output: str | None = None, *,
         summary = run_label(config, on_start=bar.start, on_progress=bar.update)
     predictions = read_predictions(out, ref.name, ref.version)
     top1, top5, per_class, errors, confusion, error_uris = score(labelled, predictions, classes)
+    result = EvalResult(ref.name, ref.version, len(labelled), top1, top5, per_class, errors,
+                        confusion, classes, "", out, error_uris)
     with stderr_to(log_path):
-        run = _log_evaluation(model, manifest, ref, summary, len(labelled), top1, top5,
-                              per_class, errors, confusion, error_uris, classes)
-    return EvalResult(ref.name, ref.version, len(labelled), top1, top5, per_class, errors,
-                      confusion, classes, run.info.run_id, out, error_uris)
+        run_id = _log_evaluation(result, model, manifest, summary.run_id)
+    return dataclasses.replace(result, run_id=run_id)
 
 
-def _log_evaluation(model, manifest, ref, summary, num_videos, top1, top5, per_class, errors,
-                    confusion, error_uris, classes):
-    """The MLflow run of an evaluation, and its metrics on the registered version."""
+def _log_evaluation(r: EvalResult, model: str, manifest: str, label_run_id: str) -> str:
+    """Log `r` as an MLflow run (and on the registered version); returns the run id."""
     import mlflow
 
     from pipeline import registry
@@ -176,26 +176,27 @@ def _log_evaluation(model, manifest, ref, summary, num_videos, top1, top5, per_c
 
     configure_mlflow()
     mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=f"eval-{ref.name}-{ref.version}") as run:
-        mlflow.set_tags({"model_name": ref.name, "model_version": ref.version,
+    with mlflow.start_run(run_name=f"eval-{r.model_name}-{r.model_version}") as run:
+        mlflow.set_tags({"model_name": r.model_name, "model_version": r.model_version,
                          "model_uri": model, "manifest": str(manifest),
-                         "label_run_id": summary.run_id})
-        mlflow.log_params({"num_videos": num_videos, "manifest": str(manifest)})
-        metrics = {"top1": top1, "top5": top5, "num_errors": sum(errors.values())}
-        metrics.update({f"acc_{c}": a for c, a in per_class.items()})
+                         "label_run_id": label_run_id})
+        mlflow.log_params({"num_videos": r.num_videos, "manifest": str(manifest)})
+        metrics = {"top1": r.top1, "top5": r.top5, "num_errors": sum(r.errors.values())}
+        metrics.update({f"acc_{c}": a for c, a in r.per_class.items()})
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            report = {"top1": top1, "top5": top5, "per_class": per_class, "errors": errors,
-                      "error_uris": error_uris, "classes": classes, "confusion": confusion}
+            report = {"top1": r.top1, "top5": r.top5, "per_class": r.per_class,
+                      "errors": r.errors, "error_uris": r.error_uris, "classes": r.classes,
+                      "confusion": r.confusion}
             (Path(tmp) / "evaluation.json").write_text(json.dumps(report, indent=1))
-            plot_confusion(confusion, classes, Path(tmp) / "confusion.png",
-                           f"{ref.name} v{ref.version}: top-1 {top1:.3f}")
+            plot_confusion(r.confusion, r.classes, Path(tmp) / "confusion.png",
+                           f"{r.model_name} v{r.model_version}: top-1 {r.top1:.3f}")
             mlflow.log_artifacts(tmp)
-    if not ref.version.startswith("local-"):
-        registry.record_metrics(ref.name, ref.version, {"top1": top1, "top5": top5})
-        registry.tag_version(ref.name, ref.version, {"eval_run_id": run.info.run_id,
-                                                     "eval_manifest": str(manifest)})
-    return run
+    if not r.model_version.startswith("local-"):
+        registry.record_metrics(r.model_name, r.model_version, {"top1": r.top1, "top5": r.top5})
+        registry.tag_version(r.model_name, r.model_version,
+                             {"eval_run_id": run.info.run_id, "eval_manifest": str(manifest)})
+    return run.info.run_id
 
 
 def command(
