@@ -107,6 +107,10 @@ def label(
     decode_timeout: float = typer.Option(
         120.0, "--decode-timeout", help="Seconds allowed per video to fetch and decode."
     ),
+    stall_timeout: float = typer.Option(
+        1800.0, "--stall-timeout",
+        help="End the job if no video finishes for this many seconds (parts are kept).",
+    ),
     stream_threshold_mb: float = typer.Option(
         64.0, "--stream-threshold-mb",
         help="S3 objects larger than this are streamed by FFmpeg (ranged GETs), not read whole.",
@@ -136,6 +140,7 @@ def label(
         gpus_per_actor=gpus_per_actor,
         cpus_per_actor=cpus_per_actor,
         decode_timeout_s=decode_timeout,
+        stall_timeout_s=stall_timeout,
         stream_threshold_mb=stream_threshold_mb,
         bf16=bf16,
         sink=SinkConfig(max_rows=part_rows),

@@ -27,12 +27,14 @@ from pipeline.listing import Listing, ListingError, list_inputs
 from pipeline.preprocess import PreprocessConfig, preprocess_batch
 from pipeline.schema import STATUS_OK, error_rows, output_schema
 from pipeline.sink import PartWriter, SinkConfig
+from pipeline.stall import JobStalled, no_stall
 from pipeline.storage import ObjectInfo
 
 EXPERIMENT = "tsm-label"
 LOST = "lost"  # error_kind for a video the stream never returned (a safety net)
 MiB = 1024 * 1024
 MAX_DECODE_TIMEOUT_S = 24 * 3600
+MAX_STALL_TIMEOUT_S = 7 * 24 * 3600
 MAX_STREAM_THRESHOLD_MB = 1024
 
 
@@ -60,6 +62,9 @@ class LabelConfig:
     cpus_per_actor: float | None = None
     torch_threads: int | None = None  # None: 1 per actor on CPU
     decode_timeout_s: float = 120.0
+    # end the job if no video comes out for this long (an actor crashing on every
+    # retry would otherwise hold it forever); generous, for clusters that scale up
+    stall_timeout_s: float = 1800.0
     stream_threshold_mb: float = 64.0
     videos_per_decode_task: int = 4
     bf16: bool = False
@@ -82,6 +87,9 @@ class LabelConfig:
             (0 < self.decode_timeout_s <= MAX_DECODE_TIMEOUT_S,
              f"decode timeout must be in (0, {MAX_DECODE_TIMEOUT_S}] s, "
              f"got {self.decode_timeout_s}"),
+            (0 < self.stall_timeout_s <= MAX_STALL_TIMEOUT_S,
+             f"stall timeout must be in (0, {MAX_STALL_TIMEOUT_S}] s, "
+             f"got {self.stall_timeout_s}"),
             # each decode task reserves memory for ~3 copies of an object read whole
             (0 <= self.stream_threshold_mb <= MAX_STREAM_THRESHOLD_MB,
              f"stream threshold must be in [0, {MAX_STREAM_THRESHOLD_MB}] MB, "
@@ -412,8 +420,9 @@ def run_label(
             )
             ds = build_dataset(todo, pre, inf, config)
             expected = {o.uri: o.version for o in todo}
-            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow",
-                                         prefetch_batches=2):
+            batches = ds.iter_batches(batch_size=None, batch_format="pyarrow",
+                                      prefetch_batches=2)
+            for table in no_stall(batches, config.stall_timeout_s, "video finished"):
                 table = _first_time_only(table, expected)
                 _count(table, progress, errors)
                 writer.write(table)
@@ -429,6 +438,13 @@ def run_label(
                 _count(lost, progress, errors)
                 writer.write(lost)
         writer.close()
+    except JobStalled as e:
+        writer.abort()
+        run.fail()
+        raise JobStalled(
+            f"{e}: a model actor or decode task may be failing on every try (Ray's logs "
+            f"say why); {len(writer.parts)} parts were committed, rerun to resume"
+        ) from None
     except BaseException:
         writer.abort()
         run.fail()

@@ -212,3 +212,32 @@ def test_resume_after_a_kill_writes_every_video_exactly_once(
     assert sorted(uris) == sorted(str(videos_dir / f"v{i:02d}.mp4") for i in range(30))
     assert len(set(uris)) == len(uris) == 30
     assert not list(out.glob(".part-*"))
+
+
+def test_a_job_that_stops_making_progress_ends_and_resumes(corpus_dir, tiny_model, tmp_path):
+    # a limit no real stream meets (Ray must start the actors first) stands in for an
+    # actor that crashes on every retry: the job ends with a clear error, not a hang
+    from mlflow import MlflowClient
+
+    from pipeline.label_job import EXPERIMENT
+    from pipeline.stall import JobStalled
+
+    out = tmp_path / "labels"
+    config = LabelConfig(input=str(corpus_dir), output=str(out), model=str(tiny_model),
+                         stall_timeout_s=0.01)
+    started = time.monotonic()
+    with pytest.raises(JobStalled, match=r"no video finished for 0\.01 s.*rerun to resume"):
+        run_label(config)
+    assert time.monotonic() - started < 60
+    assert resume.committed_parts(str(out)) == []
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    last = client.search_runs([exp.experiment_id], order_by=["start_time DESC"],
+                              max_results=1)[0]
+    assert last.info.status == "FAILED"
+    # the rerun, with the default limit, labels every video exactly once
+    summary = run_label(LabelConfig(input=str(corpus_dir), output=str(out),
+                                    model=str(tiny_model)))
+    table = read_output(str(out))
+    assert summary.processed == summary.listed == table.num_rows
+    assert len(set(table["video_uri"].to_pylist())) == table.num_rows
