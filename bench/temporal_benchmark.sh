@@ -7,7 +7,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 TSM="$REPO/.venv/bin/tsm"
 WORK="${WORK:-/tmp/tsm-bench}"
-ARCH="${ARCH:-mobilenetv2}"  # the bundled model's backbone
+ARCH="${ARCH:-resnet18}"  # the bundled model's backbone
 mkdir -p "$WORK" && cd "$WORK"
 
 [ -f synth2000/test.csv ] || "$TSM" data synth synth2000 --videos 2000 --seed 2019
