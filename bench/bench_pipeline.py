@@ -54,10 +54,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jobs.console import stderr_to  # noqa: E402
-from pipeline.inference import InferenceConfig  # noqa: E402
-from pipeline.label_job import LabelConfig, decode_stage, model_stage, run_label  # noqa: E402
+from pipeline.contract import RunStamp  # noqa: E402
+from pipeline.decode_stage import DecodeSpec  # noqa: E402
+from pipeline.job import decode_tasks, model_actors, run_label  # noqa: E402
 from pipeline.listing import list_inputs  # noqa: E402
-from pipeline.preprocess import PreprocessConfig  # noqa: E402
+from pipeline.model_stage import ModelSpec  # noqa: E402
+from pipeline.settings import LabelConfig  # noqa: E402
 
 # the steady-state window, as fractions of the videos out: the first 30 % covers Ray
 # start-up, the actors loading the model, and (in the pipeline) the actors draining the
@@ -191,18 +193,18 @@ def pure_work(todo, pre, inf, sample: int) -> tuple[float, float]:
     fetch + decode + crop of `sample` videos, and the forward pass over their clips."""
     import torch
 
-    from pipeline.inference import ClipClassifier
-    from pipeline.preprocess import preprocess_one, results_to_batch
+    from pipeline.decode_stage import decode_one, results_table
+    from pipeline.model_stage import ClipClassifier
 
     objs = todo[:sample]
     threads = torch.get_num_threads()
     # as in Ray's 1-CPU tasks (OMP_NUM_THREADS=1): one thread for the resize, no spinning
     torch.set_num_threads(1)
     c0 = time.process_time()
-    results = [preprocess_one(o, pre) for o in objs]
+    results = [decode_one(o, pre) for o in objs]
     decode = (time.process_time() - c0) / len(objs)
     clf = ClipClassifier(inf)  # sets torch threads as the actors do
-    batch = results_to_batch(results, pre)
+    batch = results_table(results, pre)
     clf(batch)  # warm-up
     c0 = time.process_time()
     clf(batch)
@@ -220,21 +222,20 @@ def measure(r: int, args, todo, pre, inf, config, work: Path, videos: Path, mode
     decoded = []
     start = time.monotonic()
     marks, done = [], 0
-    for batch in decode_stage(todo, pre, config).iter_batches(
-        batch_size=None, batch_format="numpy", prefetch_batches=2
+    for batch in decode_tasks(todo, pre, config).iter_batches(
+        batch_size=None, batch_format="pyarrow", prefetch_batches=2
     ):
         decoded.append(batch)
-        done += len(batch["video_uri"])
+        done += batch.num_rows
         marks.append((time.monotonic() - start, done, tree_cpu_seconds()))
     decode = Timed(marks, done, time.monotonic() - start)
-    ok = int(sum(b["ok"].sum() for b in decoded))
+    ok = sum(b["error_kind"].null_count for b in decoded)
     assert ok == n, f"only {ok} of {n} clips decoded"
 
     # 2. model only: the job's model stage on those clips, already in the object store
-    rows = [{k: b[k][i] for k in b} for b in decoded for i in range(len(b["video_uri"]))]
-    clips = ray.data.from_items(rows, override_num_blocks=max(1, n // 8)).materialize()
-    del rows, decoded
-    model_only = consume(model_stage(clips, inf, config), n)
+    clips = ray.data.from_arrow(decoded).repartition(max(1, n // 8)).materialize()
+    del decoded
+    model_only = consume(model_actors(clips, inf, config), n)
     del clips
 
     # 3. the whole job, into a fresh output (or resume would skip everything)
@@ -301,11 +302,9 @@ def main() -> None:
 
     config = label_config(args, videos, work / "out", model)
     model_cfg = tsm_model.load_config(model)
-    pre = PreprocessConfig(num_segments=model_cfg.num_segments,
-                           resize_size=model_cfg.resize_size, crop_size=model_cfg.input_size)
-    inf = InferenceConfig(model_path=str(model), model_name="bench", model_version="0",
-                          run_id="bench", num_segments=model_cfg.num_segments,
-                          torch_threads=args.torch_threads)
+    pre = DecodeSpec.from_settings(model_cfg, config)
+    inf = ModelSpec.from_settings(model_cfg, (model / "model.safetensors").read_bytes(),
+                                  RunStamp("bench", "0", "bench"), config)
     todo = list_inputs(str(videos)).objects
     n = len(todo)
     # before Ray starts: its background threads in this process would count as work

@@ -17,8 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from jobs.evaluate import EvalResult, evaluate
-from pipeline.synthetic import CLASSES
+from training.evaluation import EvalResult, evaluate
+from training.synthetic import CLASSES
 
 
 def pair_rows(r: EvalResult) -> list[tuple[str, float, float]]:

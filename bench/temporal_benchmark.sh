@@ -25,7 +25,7 @@ wait
 
 # the newest registered version of each kind
 latest() {
-  "$REPO/.venv/bin/python" -c "from pipeline.registry import list_versions
+  "$REPO/.venv/bin/python" -c "from registry.versions import list_versions
 vs = [v for v in list_versions('tsm-synthetic') if v.tags.get('temporal') == '$1']
 print(max(vs, key=lambda v: int(v.version)).version)"
 }

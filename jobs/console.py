@@ -15,6 +15,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import typer
+
+EXIT_BAD_INPUT = 2  # a flag, an input, an output or a model that cannot be used
+EXIT_FAILED = 1  # the job itself failed (the message names the log with details)
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    """Print `error: message` (one line) on stderr; returns the Exit to raise."""
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    return typer.Exit(code=code)
+
 
 def log_file(command: str) -> Path:
     """A fresh log path for one run of `command` in the temp directory."""
@@ -35,7 +47,6 @@ def stderr_to(path: Path) -> Iterator[None]:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-
 
 
 class ProgressBar:

@@ -9,86 +9,89 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import typer
 
-BUNDLED_MODEL = Path(__file__).parent / "bundled_model"
+from jobs.console import EXIT_FAILED, ProgressBar, fail, log_file, stderr_to
+
 MODEL_NAME = "tsm-synthetic"
 ALIAS = "champion"
 DEMO_SEED = 7
+MAX_VIDEOS = 5000
 
 
-def ensure_registered(model_dir: Path = BUNDLED_MODEL, name: str = MODEL_NAME,
-                      alias: str = ALIAS) -> tuple[str, bool]:
-    """(version with the bundled weights, newly registered?); sets `alias` if nothing holds it."""
-    from pipeline import registry
-
-    digest = registry.weights_digest(model_dir)
-    version = registry.find_version_by_digest(name, digest)
-    created = version is None
-    if version is None:
-        version = registry.register_model(model_dir, name, tags={"source": "bundled"})
-    if registry.alias_version(name, alias) is None:
-        registry.set_alias(name, alias, version)
-    return version, created
-
-
-def make_corpus(root: Path, videos: int, seed: int = DEMO_SEED) -> Path:
-    """The demo corpus and one manifest of all its videos (`labels.csv`)."""
+def _corpus(root: Path, videos: int) -> Path:
+    """The demo corpus, with one manifest of all its videos and their labels."""
     from rich.progress import Progress
 
-    from pipeline.synthetic import SynthConfig, generate
+    from training.synthetic import SynthConfig, combine_manifests, generate
 
-    cfg = SynthConfig(videos=videos, seed=seed)
     with Progress(transient=True) as progress:
         task = progress.add_task("making synthetic videos", total=videos)
-        manifests = generate(root, cfg, progress=lambda n: progress.advance(task, n))
-    rows: list[list[str]] = []
-    for path in manifests.values():
-        with open(path, newline="") as f:
-            rows.extend(r for r in csv.reader(f) if r != ["uri", "label"])
-    out = root / "labels.csv"
-    with open(out, "w", newline="") as f:
-        csv.writer(f).writerows([["uri", "label"], *sorted(rows)])
-    return out
+        manifests = generate(root, SynthConfig(videos=videos, seed=DEMO_SEED),
+                             progress=lambda n: progress.advance(task, n))
+    return combine_manifests(manifests, root / "labels.csv")
+
+
+def _show(labelled, preds, console) -> None:
+    """One labelled video per class: true label, prediction, score."""
+    from rich.table import Table
+
+    table = Table("video", "true label", "predicted", "score", title="one labelled video per class")
+    examples: dict[str, str] = {}
+    for uri, label in labelled:
+        examples.setdefault(label, uri)
+    for label, uri in examples.items():
+        row = preds.get(uri)
+        if row is None or row["status"] != "ok":
+            table.add_row(Path(uri).name, label, "[red]error[/]", "")
+            continue
+        mark = "" if row["top_k_labels"][0] == label else " [red]x[/]"
+        table.add_row(Path(uri).name, label, row["top_k_labels"][0] + mark,
+                      f"{row['top_k_scores'][0]:.3f}")
+    console.print(table)
 
 
 def command(
     workdir: Path = typer.Option(Path(".demo"), help="where the corpus and Parquet output go"),
-    videos: int = typer.Option(40, min=1, max=5000, help="synthetic videos to make and label"),
+    videos: int = typer.Option(40, help=f"synthetic videos to make and label (1-{MAX_VIDEOS})"),
 ) -> None:
     """Make videos, register the bundled model, label them with Ray, show the results."""
     import time
 
     from rich.console import Console
-    from rich.table import Table
 
     import tsm_model
-    from jobs.console import ProgressBar, log_file, stderr_to
-    from jobs.evaluate import read_predictions, score
-    from pipeline.clip_dataset import read_labelled_manifest
-    from pipeline.label_job import LabelConfig, LabelError, run_label
-    from pipeline.tracking import configure_mlflow
+    from pipeline.errors import LabelError
+    from pipeline.job import run_label
+    from pipeline.settings import LabelConfig
+    from registry import versions
+    from registry.tracking import tracking_uri
+    from training.clip_dataset import read_labelled_manifest
+    from training.evaluation import read_predictions, score
 
+    if not 1 <= videos <= MAX_VIDEOS:
+        raise fail(f"videos must be in [1, {MAX_VIDEOS}], got {videos}")
+    if not (tsm_model.BUNDLED / "model.safetensors").is_file():
+        raise fail(f"the bundled model is missing from {tsm_model.BUNDLED}", EXIT_FAILED)
     console = Console()
     started = time.monotonic()
-    if not (BUNDLED_MODEL / "model.safetensors").is_file():
-        typer.echo(f"error: the bundled model is missing from {BUNDLED_MODEL}", err=True)
-        raise typer.Exit(1)
     workdir = workdir.resolve()
     console.print(f"[bold]1/3[/] {videos} synthetic videos (seed {DEMO_SEED}) in {workdir}")
-    manifest = make_corpus(workdir / "corpus", videos)
+    manifest = _corpus(workdir / "corpus", videos)
 
     log_path = log_file("demo")
     # MLflow's and Ray's start-up chatter goes to a log file, the console keeps the story
     with stderr_to(log_path):
-        uri = configure_mlflow()
-        version, created = ensure_registered()
+        version, created = versions.register_if_new(tsm_model.BUNDLED, MODEL_NAME,
+                                                    tags={"source": "bundled"})
+        if versions.alias_version(MODEL_NAME, ALIAS) is None:
+            versions.set_alias(MODEL_NAME, ALIAS, version)
     model_uri = f"models:/{MODEL_NAME}@{ALIAS}"
     console.print(f"[bold]2/3[/] bundled model {'registered as' if created else 'already is'} "
-                  f"{MODEL_NAME} version {version} in {uri}; labelling with {model_uri}")
+                  f"{MODEL_NAME} version {version} in {tracking_uri()}; labelling with "
+                  f"{model_uri}")
 
     output = workdir / "labels"
     console.print(f"[bold]3/3[/] label job (local Ray) -> {output}")
@@ -96,30 +99,16 @@ def command(
     try:
         with stderr_to(log_path), bar:
             summary = run_label(LabelConfig(input=str(manifest), output=str(output),
-                                            model=model_uri, top_k=5),
+                                            model=model_uri),
                                 on_start=bar.start, on_progress=bar.update)
     except LabelError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(e)) from None
 
     labelled = read_labelled_manifest(manifest)
     preds = read_predictions(str(output), summary.model_name, summary.model_version)
-    classes = list(tsm_model.load_config(BUNDLED_MODEL).class_names)
+    classes = list(tsm_model.load_config(tsm_model.BUNDLED).class_names)
     top1, top5, _, errors, _, _ = score(labelled, preds, classes)
-
-    table = Table("video", "true label", "predicted", "score", title="one labelled video per class")
-    examples: dict[str, str] = {}  # one video per class
-    for uri_, label in labelled:
-        examples.setdefault(label, uri_)
-    for label, uri_ in examples.items():
-        row = preds.get(uri_)
-        if row is None or row["status"] != "ok":
-            table.add_row(Path(uri_).name, label, "[red]error[/]", "")
-            continue
-        mark = "" if row["top_k_labels"][0] == label else " [red]x[/]"
-        table.add_row(Path(uri_).name, label, row["top_k_labels"][0] + mark,
-                      f"{row['top_k_scores'][0]:.3f}")
-    console.print(table)
+    _show(labelled, preds, console)
     console.print(f"accuracy on {len(labelled)} videos: top-1 {top1:.3f}, top-5 {top5:.3f}; "
                   f"error rows {sum(errors.values())}; model {summary.model_name} "
                   f"version {summary.model_version}; Parquet in {output} "

@@ -1,202 +1,10 @@
-"""`tsm evaluate`: offline accuracy of a model version on a labelled manifest, into MLflow.
-
-Runs the real label job (`pipeline.label_job.run_label`) on the manifest, so
-the number measured is the number production gets, then joins its Parquet
-predictions with the manifest's labels. Error rows (and any video missing from
-the output) count as wrong and are reported. Top-1, top-5, per-class
-accuracy and a confusion-matrix picture go to an MLflow run tagged with the
-model name and version; top-1/top-5 are also stored on the registered version
-(as tags `top1`/`top5`) so `tsm models promote` can compare versions.
-"""
+"""`tsm evaluate`: offline accuracy of a model version on a labelled manifest, into MLflow."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import typer
 
-EXPERIMENT = "tsm-evaluate"
-ERROR_COLUMN = "(error)"  # confusion-matrix column for videos with no prediction
-
-
-@dataclass
-class EvalResult:
-    """What an evaluation measured."""
-
-    model_name: str
-    model_version: str
-    num_videos: int
-    top1: float
-    top5: float
-    per_class: dict[str, float]
-    errors: dict[str, int]  # error_kind -> count (missing rows as "missing")
-    confusion: list[list[int]]  # [true class][predicted class, then the error column]
-    classes: list[str]
-    run_id: str
-    output: str
-    error_uris: list[str] = field(default_factory=list)
-
-
-def read_predictions(output: str, model_name: str, model_version: str) -> dict[str, dict]:
-    """uri -> latest output row of this model version (status, top-k labels/scores, error)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipeline import resume, storage
-
-    cols = ["video_uri", "status", "error_kind", "model_name", "model_version", "top_k_labels",
-            "top_k_scores", "processed_at"]
-    rows: dict[str, dict] = {}
-    for part in resume.committed_parts(output):
-        table = pq.read_table(pa.BufferReader(storage.read_bytes(part.uri)), columns=cols)
-        for row in table.to_pylist():
-            if (row["model_name"], row["model_version"]) != (model_name, model_version):
-                continue
-            seen = rows.get(row["video_uri"])
-            if seen is None or row["processed_at"] > seen["processed_at"]:
-                rows[row["video_uri"]] = row
-    return rows
-
-
-def score(
-    labelled: list[tuple[str, str]], predictions: dict[str, dict], classes: list[str]
-) -> tuple[float, float, dict[str, float], dict[str, int], list[list[int]], list[str]]:
-    """(top1, top5, per-class top-1, error counts, confusion, error uris) over the labelled rows.
-
-    A video without an ok prediction is wrong for top-1 and top-5 alike.
-    """
-    index = {c: i for i, c in enumerate(classes)}
-    confusion = [[0] * (len(classes) + 1) for _ in classes]
-    hits1 = hits5 = 0
-    errors: dict[str, int] = {}
-    error_uris: list[str] = []
-    per_true = [0] * len(classes)
-    per_hit = [0] * len(classes)
-    for uri, label in labelled:
-        t = index[label]
-        per_true[t] += 1
-        row = predictions.get(uri)
-        if row is None or row["status"] != "ok" or not row["top_k_labels"]:
-            kind = "missing" if row is None else (row["error_kind"] or "no_prediction")
-            errors[kind] = errors.get(kind, 0) + 1
-            error_uris.append(uri)
-            confusion[t][len(classes)] += 1
-            continue
-        top = list(row["top_k_labels"])
-        pred = index.get(top[0])
-        confusion[t][pred if pred is not None else len(classes)] += 1
-        if top[0] == label:
-            hits1 += 1
-            per_hit[t] += 1
-        if label in top[:5]:
-            hits5 += 1
-    n = max(len(labelled), 1)
-    per_class = {c: per_hit[i] / per_true[i] for i, c in enumerate(classes) if per_true[i]}
-    return hits1 / n, hits5 / n, per_class, errors, confusion, error_uris
-
-
-def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> Path:
-    """Row-normalised confusion matrix (plus an error column) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    m = np.array(confusion, dtype=float)
-    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
-    cols = [*classes, ERROR_COLUMN]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(cols), 1.0 + 0.55 * len(classes)))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(classes)), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if m[i, j]:
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def evaluate(model: str, manifest: str, output: str | None = None, *,
-             batch_size: int = 16, quiet: bool = False) -> EvalResult:
-    """Label the manifest with `model`, score it against the labels, log it all to MLflow."""
-    from rich.console import Console
-
-    import tsm_model
-    from jobs.console import ProgressBar, log_file, stderr_to
-    from pipeline import registry
-    from pipeline.clip_dataset import read_labelled_manifest
-    from pipeline.label_job import LabelConfig, run_label
-
-    console = Console(quiet=quiet)
-    labelled = read_labelled_manifest(manifest)
-    if not labelled:
-        raise ValueError(f"{manifest}: no rows")
-    ref = registry.resolve_model(model)
-    classes = list(tsm_model.load_config(ref.path).class_names)
-    unknown = sorted({lab for _, lab in labelled} - set(classes))
-    if unknown:
-        raise ValueError(f"labels the model does not know: {', '.join(unknown)}")
-    out = output or str(Path("runs") / "evaluate" / f"{ref.name}-{ref.version}")
-    console.print(f"labelling {len(labelled)} videos with {ref.name} version {ref.version} "
-                  f"-> {out}")
-    config = LabelConfig(input=str(manifest), output=out, model=model, embeddings=False,
-                         top_k=min(5, len(classes)), batch_size=batch_size)
-    # Ray's and MLflow's own notes go to a log file; the console keeps the progress bar
-    log_path = log_file("evaluate")
-    bar = ProgressBar(enabled=not quiet)
-    with stderr_to(log_path), bar:
-        summary = run_label(config, on_start=bar.start, on_progress=bar.update)
-    predictions = read_predictions(out, ref.name, ref.version)
-    top1, top5, per_class, errors, confusion, error_uris = score(labelled, predictions, classes)
-    result = EvalResult(ref.name, ref.version, len(labelled), top1, top5, per_class, errors,
-                        confusion, classes, "", out, error_uris)
-    with stderr_to(log_path):
-        run_id = _log_evaluation(result, model, manifest, summary.run_id)
-    return dataclasses.replace(result, run_id=run_id)
-
-
-def _log_evaluation(r: EvalResult, model: str, manifest: str, label_run_id: str) -> str:
-    """Log `r` as an MLflow run (and on the registered version); returns the run id."""
-    import mlflow
-
-    from pipeline import registry
-    from pipeline.tracking import configure_mlflow
-
-    configure_mlflow()
-    mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=f"eval-{r.model_name}-{r.model_version}") as run:
-        mlflow.set_tags({"model_name": r.model_name, "model_version": r.model_version,
-                         "model_uri": model, "manifest": str(manifest),
-                         "label_run_id": label_run_id})
-        mlflow.log_params({"num_videos": r.num_videos, "manifest": str(manifest)})
-        metrics = {"top1": r.top1, "top5": r.top5, "num_errors": sum(r.errors.values())}
-        metrics.update({f"acc_{c}": a for c, a in r.per_class.items()})
-        mlflow.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            report = {"top1": r.top1, "top5": r.top5, "per_class": r.per_class,
-                      "errors": r.errors, "error_uris": r.error_uris, "classes": r.classes,
-                      "confusion": r.confusion}
-            (Path(tmp) / "evaluation.json").write_text(json.dumps(report, indent=1))
-            plot_confusion(r.confusion, r.classes, Path(tmp) / "confusion.png",
-                           f"{r.model_name} v{r.model_version}: top-1 {r.top1:.3f}")
-            mlflow.log_artifacts(tmp)
-    if not r.model_version.startswith("local-"):
-        registry.record_metrics(r.model_name, r.model_version, {"top1": r.top1, "top5": r.top5})
-        registry.tag_version(r.model_name, r.model_version,
-                             {"eval_run_id": run.info.run_id, "eval_manifest": str(manifest)})
-    return run.info.run_id
+from jobs.console import ProgressBar, fail, log_file, stderr_to
 
 
 def command(
@@ -204,17 +12,22 @@ def command(
     manifest: str = typer.Option(..., help="labelled manifest (uri, label columns)"),
     output: str | None = typer.Option(None, help="Parquet output of the label run "
                                       "(default runs/evaluate/NAME-VERSION)"),
-    batch_size: int = typer.Option(16, min=1, help="clips per model forward"),
+    batch_size: int = typer.Option(16, help="clips per model forward"),
 ) -> None:
     """Measure top-1/top-5/per-class accuracy of a model on a labelled manifest."""
-    from pipeline.label_job import LabelError
-    from pipeline.registry import ModelNotFoundError
+    from pipeline.errors import LabelError
+    from registry.versions import ModelNotFoundError
+    from training.evaluation import EXPERIMENT, evaluate
 
+    # Ray's and MLflow's own notes go to a log file; the console keeps the progress bar
+    log_path = log_file("evaluate")
+    bar = ProgressBar(enabled=True)
     try:
-        r = evaluate(model, manifest, output, batch_size=batch_size)
+        with stderr_to(log_path), bar:
+            r = evaluate(model, manifest, output, batch_size=batch_size,
+                         on_start=bar.start, on_progress=bar.update)
     except (ValueError, FileNotFoundError, ModelNotFoundError, LabelError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(e)) from None
     n_err = sum(r.errors.values())
     typer.echo(f"{r.model_name} version {r.model_version} on {r.num_videos} videos: "
                f"top-1 {r.top1:.4f}  top-5 {r.top5:.4f}  errors {n_err}"
@@ -222,4 +35,4 @@ def command(
                   if n_err else ""))
     for cls, acc in r.per_class.items():
         typer.echo(f"  {cls:<24} {acc:.3f}")
-    typer.echo(f"MLflow run {r.run_id} (experiment {EXPERIMENT})")
+    typer.echo(f"MLflow run {r.run_id} (experiment {EXPERIMENT}); labels in {r.output}")

@@ -9,21 +9,23 @@ inputs or the model end the command with one line and exit code 2.
 
 from __future__ import annotations
 
+import json
 import traceback
 from pathlib import Path
 
 import typer
 
-from jobs.console import ProgressBar, log_file, stderr_to
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=code)
+from jobs.console import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    ProgressBar,
+    fail,
+    log_file,
+    stderr_to,
+)
+from pipeline.settings import LabelConfig as C
+from pipeline.sink import SinkConfig
 
 
 def _duration(seconds: float) -> str:
@@ -81,90 +83,90 @@ def label(
         help="A saved model directory, or an MLflow model URI: models:/NAME@ALIAS or "
         "models:/NAME/VERSION.",
     ),
-    segments: int | None = typer.Option(
-        None, "--segments",
+    num_segments: int | None = typer.Option(
+        C.num_segments, "--num-segments", "--segments",
         help="Frames sampled per video (one per segment). [default: the model's]",
         show_default=False,
     ),
-    top_k: int = typer.Option(5, "--top-k", help="Labels kept per video."),
+    top_k: int = typer.Option(C.top_k, "--top-k", help="Labels kept per video."),
     embeddings: bool = typer.Option(
-        True, "--embeddings/--no-embeddings", help="Write the per-video embedding."
+        C.embeddings, "--embeddings/--no-embeddings", help="Write the per-video embedding."
     ),
     embedding_dtype: str = typer.Option(
-        "float32", "--embedding-dtype", help="Embedding precision: float32 or float16."
+        C.embedding_dtype, "--embedding-dtype", help="Embedding precision: float32 or float16."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Clips per model forward pass."),
-    actors: int = typer.Option(1, "--actors", help="Model actors (each loads the model once)."),
+    batch_size: int = typer.Option(C.batch_size, "--batch-size",
+                                   help="Clips per model forward pass."),
+    actors: int = typer.Option(C.actors, "--actors",
+                               help="Model actors (each loads the model once)."),
     gpus_per_actor: float = typer.Option(
-        0.0, "--gpus-per-actor", help="GPUs per model actor (0: run the model on CPU)."
+        C.gpus_per_actor, "--gpus-per-actor", help="GPUs per model actor (0: run the model on CPU)."
     ),
     cpus_per_actor: float | None = typer.Option(
-        None, "--cpus-per-actor",
+        C.cpus_per_actor, "--cpus-per-actor",
         help="CPUs Ray reserves per model actor. [default: 1 with GPUs, else 0: the model "
         "shares the cores with decoding]",
         show_default=False,
     ),
     decode_timeout: float = typer.Option(
-        120.0, "--decode-timeout", help="Seconds allowed per video to fetch and decode."
+        C.decode_timeout_s, "--decode-timeout",
+        help="Seconds allowed per video to fetch and decode.",
     ),
     stall_timeout: float = typer.Option(
-        1800.0, "--stall-timeout",
+        C.stall_timeout_s, "--stall-timeout",
         help="End the job if no video finishes for this many seconds (parts are kept).",
     ),
     stream_threshold_mb: float = typer.Option(
-        64.0, "--stream-threshold-mb",
+        C.stream_threshold_mb, "--stream-threshold-mb",
         help="S3 objects larger than this are streamed by FFmpeg (ranged GETs), not read whole.",
     ),
     part_rows: int = typer.Option(
-        50_000, "--part-rows", help="Rows per output Parquet file (files also roll at ~128 MB)."
+        SinkConfig.max_rows, "--part-rows",
+        help="Rows per output Parquet file (files also roll at ~128 MB).",
     ),
-    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast on GPU."),
+    bf16: bool = typer.Option(C.bf16, "--bf16", help="bfloat16 autocast on GPU."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show the plan (model, inputs, what is already done) and stop."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Label videos with a TSM model; write one Parquet row per video (resumable)."""
-    from pipeline.label_job import LabelConfig, LabelError, run_label
-    from pipeline.sink import SinkConfig
+    from pipeline.errors import LabelError, one_line
 
-    if part_rows < 1:
-        raise _fail(f"part rows must be >= 1, got {part_rows}", EXIT_BAD_INPUT)
-    config = LabelConfig(
-        input=input,
-        output=output,
-        model=model,
-        segments=segments,
-        top_k=top_k,
-        embeddings=embeddings,
-        embedding_dtype=embedding_dtype,
-        batch_size=batch_size,
-        actors=actors,
-        gpus_per_actor=gpus_per_actor,
-        cpus_per_actor=cpus_per_actor,
-        decode_timeout_s=decode_timeout,
-        stall_timeout_s=stall_timeout,
-        stream_threshold_mb=stream_threshold_mb,
-        bf16=bf16,
-        sink=SinkConfig(max_rows=part_rows),
-    )
-    try:
-        config.validate()  # flags first: answered before anything starts
+    try:  # flags first: answered before anything starts
+        config = C(
+            input=input, output=output, model=model, num_segments=num_segments, top_k=top_k,
+            embeddings=embeddings, embedding_dtype=embedding_dtype, batch_size=batch_size,
+            actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+            decode_timeout_s=decode_timeout, stall_timeout_s=stall_timeout,
+            stream_threshold_mb=stream_threshold_mb, bf16=bf16,
+            sink=SinkConfig(max_rows=part_rows),
+        )
     except LabelError as e:
-        raise _fail(str(e), EXIT_BAD_INPUT) from None
+        raise fail(str(e), EXIT_BAD_INPUT) from None
+
+    from pipeline.job import run_plan
+    from pipeline.plan import plan_label
 
     log_path = log_file("label")
-    bar = ProgressBar(enabled=progress)
+    bar = ProgressBar(enabled=progress and not dry_run)
     try:
+        with stderr_to(log_path):
+            plan = plan_label(config)
+        if dry_run:
+            typer.echo(json.dumps(plan.describe(), indent=1))
+            return
         with stderr_to(log_path), bar:
-            summary = run_label(config, on_start=bar.start, on_progress=bar.update)
+            summary = run_plan(plan, on_start=bar.start, on_progress=bar.update)
     except LabelError as e:
-        raise _fail(str(e), EXIT_BAD_INPUT) from None
+        raise fail(str(e), EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
-        raise _fail(
+        raise fail(
             "interrupted; finished parts are kept, rerun the same command to resume",
             EXIT_INTERRUPTED,
         ) from None
     except Exception as e:
         with open(log_path, "a") as log:
             traceback.print_exc(file=log)
-        raise _fail(f"{type(e).__name__}: {' '.join(str(e).split())[:300]} (details: {log_path})",
-                    EXIT_FAILED) from None
+        raise fail(f"{one_line(e, with_type=True)} (details: {log_path})", EXIT_FAILED) from None
     _summary(summary, log_path)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from jobs.console import fail
+
 if TYPE_CHECKING:
     from tsm_model import TSM, TSMConfig
 
@@ -30,9 +32,7 @@ def _one_line_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError
-        message = " ".join(str(err).split())  # one line even if a library's message is not
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(code=2) from None
+        raise fail(str(err)) from None
 
 
 def _open_model(path: Path, **options: Any) -> TSM:

@@ -7,13 +7,10 @@ from pathlib import Path
 
 import typer
 
+from jobs.console import fail
+
 app = typer.Typer(help="Registered model versions: list, register, promote.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _fmt(value: float | None) -> str:
@@ -26,12 +23,12 @@ def list_cmd(name: str | None = typer.Argument(None, help="only this registered 
     from rich.console import Console
     from rich.table import Column, Table
 
-    from pipeline.registry import ModelNotFoundError, list_versions
+    from registry.versions import ModelNotFoundError, list_versions
 
     try:
         versions = list_versions(name)
     except ModelNotFoundError as e:
-        _fail(str(e))
+        raise fail(str(e)) from None
     if not versions:
         typer.echo("no registered models")
         return
@@ -54,12 +51,12 @@ def promote_cmd(
     force: bool = typer.Option(False, "--force", help="promote even if unmeasured or worse"),
 ) -> None:
     """Point ALIAS at VERSION if its measured top-1 is at least the current holder's."""
-    from pipeline.registry import ModelNotFoundError, PromotionRefused, promote
+    from registry.versions import ModelNotFoundError, PromotionRefused, promote
 
     try:
         before = promote(name, version, alias, force=force)
     except (ModelNotFoundError, PromotionRefused) as e:
-        _fail(str(e))
+        raise fail(str(e)) from None
     was = f" (was version {before})" if before else ""
     typer.echo(f"models:/{name}@{alias} -> version {version}{was}")
 
@@ -71,13 +68,13 @@ def register_cmd(
 ) -> None:
     """Register a saved model folder as a new version of NAME."""
     import tsm_model
-    from pipeline.registry import ModelNotFoundError, check_model_dir, register_model
+    from registry.versions import ModelNotFoundError, check_model_dir, register_model
 
     try:
         check_model_dir(model_dir)
         config = tsm_model.load_config(model_dir)  # refuse folders that are not a TSM model
     except (ModelNotFoundError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+        raise fail(str(e)) from None
     version = register_model(model_dir, name, tags={
         "arch": config.arch, "temporal": "tsm" if config.shift else "tsn",
         "num_segments": str(config.num_segments), "input_size": str(config.input_size)})

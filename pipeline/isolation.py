@@ -16,6 +16,7 @@ unpickled.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import select
@@ -27,8 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.errors import one_line
+
 _HEADER = struct.Struct("<Q")
-START_TIMEOUT_S = 120.0  # importing numpy and decord on a loaded machine
+START_TIMEOUT_S = 120.0  # importing torch and decord on a loaded machine
 
 
 class ChildError(RuntimeError):
@@ -55,12 +58,15 @@ def _describe_exit(code: int | None) -> str:
 class ChildProcess:
     """One child Python process that runs `fn(*args)` calls one at a time.
 
-    The child inherits the environment as it is when the child starts; if
-    `os.environ` has changed since, the next call restarts it, so credentials
-    and endpoints are never stale.
+    `warm` names modules the child imports before its first call, so that
+    call is not slowed (or timed out) by imports. The child inherits the
+    environment as it is when the child starts; if `os.environ` has changed
+    since, the next call restarts it, so credentials and endpoints are never
+    stale.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, warm: tuple[str, ...] = ()) -> None:
+        self.warm = warm
         self._proc: subprocess.Popen[bytes] | None = None
         self._env: dict[str, str] | None = None
 
@@ -72,7 +78,7 @@ class ChildProcess:
         self.close()
         self._env = dict(os.environ)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.isolation"],
+            [sys.executable, "-m", "pipeline.isolation", *self.warm],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             # the child's stderr (FFmpeg's noise that escapes capture) goes where ours does
@@ -157,9 +163,8 @@ def _serve() -> None:
         out.write(_HEADER.pack(len(data)) + data)
         out.flush()
 
-    # Warm the imports the decode stage needs, so the first call is not slower.
-    import pipeline.preprocess  # noqa: F401
-
+    for module in sys.argv[1:]:  # the caller's `warm` modules
+        importlib.import_module(module)
     send("ready", None)
     while header := inp.read(_HEADER.size):
         (size,) = _HEADER.unpack(header)
@@ -167,7 +172,7 @@ def _serve() -> None:
         try:
             result = ("ok", fn(*args))
         except Exception as e:
-            result = ("error", f"{type(e).__name__}: {' '.join(str(e).split())}"[:500])
+            result = ("error", one_line(e, with_type=True))
         send(*result)
 
 

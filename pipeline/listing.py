@@ -4,14 +4,14 @@ A manifest is a Parquet, CSV or JSON-lines file (local or on S3) with a `uri`
 column, or `bucket` and `key` columns as S3 Inventory writes them. Optional
 columns `etag` / `e_tag` / `version` / `source_version` and `size` save a
 HEAD request per object; without them each object is stat-ed (in parallel).
-Inputs are deduplicated by URI, first occurrence wins, so a manifest naming a
-video twice still yields one output row.
+Entries are normalised (relative ones are relative to the manifest) and
+deduplicated by URI, first occurrence wins, so a manifest naming a video
+twice still yields one output row.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,8 +19,8 @@ from pathlib import PurePosixPath
 
 import pyarrow as pa
 
-from pipeline import storage
-from pipeline.storage import ObjectInfo
+from pipeline.errors import LabelError, one_line
+from pipeline.store import ObjectInfo, resolve, store_for
 
 VIDEO_SUFFIXES = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg",
@@ -37,7 +37,7 @@ STAT_WORKERS = 32
 MISSING_VERSION = ""
 
 
-class ListingError(ValueError):
+class ListingError(LabelError):
     """The input cannot be listed (not found, unreadable manifest, no videos); one line."""
 
 
@@ -56,6 +56,69 @@ def manifest_format(uri: str) -> str | None:
     return MANIFEST_FORMATS.get(PurePosixPath(uri.split("?", 1)[0]).suffix.lower())
 
 
+class Manifest:
+    """A table of videos: its rows, and their URIs resolved against the manifest's folder."""
+
+    def __init__(self, uri: str, table: pa.Table):
+        self.uri = uri
+        self.table = table
+        self._folder = store_for(uri).parent(uri)
+
+    @classmethod
+    def read(cls, uri: str, text_columns: tuple[str, ...] = ()) -> Manifest:
+        """Read a manifest; ListingError (one line) if it is missing or unreadable.
+
+        `text_columns` are read as strings even when they look like numbers
+        (URIs, keys and ETags always are).
+        """
+        import pyarrow.csv
+        import pyarrow.json
+        import pyarrow.parquet as pq
+
+        fmt = manifest_format(uri)
+        if fmt is None:
+            raise ListingError(f"not a manifest (.parquet, .csv, .jsonl): {uri}")
+        try:
+            data = store_for(uri).read_bytes(uri)
+        except FileNotFoundError:
+            raise ListingError(f"manifest not found: {uri}") from None
+        except Exception as e:
+            raise ListingError(f"cannot read manifest {uri}: {one_line(e)}") from None
+        try:
+            if fmt == "parquet":
+                table = pq.read_table(pa.BufferReader(data))
+            elif fmt == "csv":
+                text = ("uri", "bucket", "key", *VERSION_COLUMNS, *text_columns)
+                opts = pyarrow.csv.ConvertOptions(column_types={c: pa.string() for c in text})
+                table = pyarrow.csv.read_csv(io.BytesIO(data), convert_options=opts)
+            else:
+                table = pyarrow.json.read_json(io.BytesIO(data))
+        except (pa.ArrowInvalid, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ListingError(f"cannot read manifest {uri} as {fmt}: {first}") from None
+        return cls(uri, table)
+
+    def column(self, name: str) -> list | None:
+        """A column's values as strings (None where empty), or None if there is no such column."""
+        if name not in self.table.column_names:
+            return None
+        return self.table.column(name).cast(pa.string()).to_pylist()
+
+    def uris(self) -> list[str | None]:
+        """Each row's video URI, canonical (None for a row without one)."""
+        uris = self.column("uri")
+        if uris is None:
+            buckets, keys = self.column("bucket"), self.column("key")
+            if buckets is None or keys is None:
+                raise ListingError(
+                    f"manifest {self.uri} needs a 'uri' column (or 'bucket' and 'key'); "
+                    f"it has: {', '.join(self.table.column_names) or 'no columns'}"
+                )
+            uris = [f"s3://{b}/{k}" if b and k else None
+                    for b, k in zip(buckets, keys, strict=True)]
+        return [resolve(u.strip(), self._folder) if u and u.strip() else None for u in uris]
+
+
 def dedupe(objects: Iterable[ObjectInfo]) -> tuple[list[ObjectInfo], int]:
     """Objects with repeated URIs dropped (first kept), and how many were dropped."""
     seen: set[str] = set()
@@ -70,45 +133,9 @@ def dedupe(objects: Iterable[ObjectInfo]) -> tuple[list[ObjectInfo], int]:
     return out, dropped
 
 
-def _read_table(uri: str, fmt: str) -> pa.Table:
-    import pyarrow.csv
-    import pyarrow.json
-    import pyarrow.parquet as pq
-
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise ListingError(f"manifest not found: {uri}") from None
-    try:
-        if fmt == "parquet":
-            return pq.read_table(pa.BufferReader(data))
-        if fmt == "csv":
-            # URIs, keys and ETags are text even when they look like numbers
-            text_cols = ("uri", "bucket", "key", *VERSION_COLUMNS)
-            opts = pyarrow.csv.ConvertOptions(column_types={c: pa.string() for c in text_cols})
-            return pyarrow.csv.read_csv(io.BytesIO(data), convert_options=opts)
-        return pyarrow.json.read_json(io.BytesIO(data))
-    except (pa.ArrowInvalid, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ListingError(f"cannot read manifest {uri} as {fmt}: {first}") from None
-
-
-def _column(table: pa.Table, name: str) -> list | None:
-    if name not in table.column_names:
-        return None
-    return table.column(name).cast(pa.string()).to_pylist()
-
-
-def _resolve(uri: str, base: str) -> str:
-    """A manifest entry as a full URI: relative paths are relative to the manifest."""
-    if storage.is_s3(uri) or uri.startswith("/") or uri.startswith("file://"):
-        return uri
-    return storage.join(base, uri)
-
-
 def _stat_or_missing(uri: str) -> ObjectInfo:
     try:
-        return storage.stat(uri)
+        return store_for(uri).stat(uri)
     except Exception:
         # missing or unreadable now (S3 AccessDenied, throttling after retries, a
         # directory, ...): one object must not sink the whole manifest; the decode
@@ -119,43 +146,28 @@ def _stat_or_missing(uri: str) -> ObjectInfo:
 
 def read_manifest(uri: str) -> Listing:
     """The videos a manifest names, with sizes and versions (from its columns or a stat)."""
-    fmt = manifest_format(uri)
-    if fmt is None:
-        raise ListingError(f"not a manifest (.parquet, .csv, .jsonl): {uri}")
-    table = _read_table(uri, fmt)
-    uris = _column(table, "uri")
-    if uris is None:
-        buckets, keys = _column(table, "bucket"), _column(table, "key")
-        if buckets is None or keys is None:
-            raise ListingError(
-                f"manifest {uri} needs a 'uri' column (or 'bucket' and 'key'); "
-                f"it has: {', '.join(table.column_names) or 'no columns'}"
-            )
-        uris = [f"s3://{b}/{k}" if b and k else None for b, k in zip(buckets, keys, strict=True)]
+    manifest = Manifest.read(uri)
+    uris = manifest.uris()
     versions = next(
-        (col for col in (_column(table, c) for c in VERSION_COLUMNS) if col is not None),
+        (col for col in (manifest.column(c) for c in VERSION_COLUMNS) if col is not None),
         [None] * len(uris),
     )
-    sizes = _column(table, "size") or [None] * len(uris)
-    base = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    sizes = manifest.column("size") or [None] * len(uris)
     known: list[ObjectInfo | None] = []
     to_stat: list[str] = []
     invalid = 0
     for u, v, s in zip(uris, versions, sizes, strict=True):
-        if u is None or not str(u).strip():
+        if u is None:
             invalid += 1
-            continue
-        full = _resolve(str(u).strip(), base)
-        if v and s not in (None, ""):
-            known.append(ObjectInfo(full, int(float(s)), str(v).strip('"')))
+        elif v and s not in (None, ""):
+            known.append(ObjectInfo(u, int(float(s)), str(v).strip('"')))
         else:
             known.append(None)
-            to_stat.append(full)
+            to_stat.append(u)
     # resolve versions before deduplication so every kept entry has one
     with ThreadPoolExecutor(STAT_WORKERS) as pool:
         stats = iter(pool.map(_stat_or_missing, to_stat))
-    objects = [k if k is not None else next(stats) for k in known]
-    objects, dupes = dedupe(objects)
+    objects, dupes = dedupe(k if k is not None else next(stats) for k in known)
     return Listing(objects, "manifest", duplicates=dupes, invalid_rows=invalid)
 
 
@@ -163,54 +175,29 @@ def list_inputs(uri: str, suffixes: tuple[str, ...] = VIDEO_SUFFIXES) -> Listing
     """Everything to label under `uri`: a manifest, a directory/prefix, or one video file.
 
     Raises ListingError with a one-line reason when nothing can be listed.
-    Local paths are made absolute, so `videos/`, `./videos` and the same folder
-    named from another working directory give the same URIs (and resume keys).
     """
-    if not storage.is_s3(uri):
-        uri = os.path.abspath(storage.local_path(uri))
+    store = store_for(uri)
+    uri = store.normalize(uri)
+    try:
+        kind = store.kind(uri)
+    except Exception as e:  # credentials, endpoint, permissions
+        raise ListingError(f"cannot read {uri}: {one_line(e)}") from None
     if manifest_format(uri) is not None:
-        if not _is_object(uri):
+        if kind != "object":
             raise ListingError(f"manifest not found: {uri}")
         listing = read_manifest(uri)
-    elif storage.is_s3(uri):
-        _, key = storage.split_s3(uri)
-        prefix = uri if (not key or key.endswith("/")) else uri + "/"
-        if key and not key.endswith("/") and _is_object(uri):
-            listing = Listing([storage.stat(uri)], "file")
-        else:
-            try:
-                objects, dupes = dedupe(storage.list_objects(prefix, suffixes))
-            except Exception as e:
-                raise ListingError(f"cannot list {prefix}: {_one_line(e)}") from None
-            listing = Listing(objects, "prefix", duplicates=dupes)
+    elif kind == "object":
+        listing = Listing([store.stat(uri)], "file")
+    elif kind == "container":
+        try:
+            objects, dupes = dedupe(store.list(uri, suffixes))
+        except Exception as e:
+            raise ListingError(f"cannot list {uri}: {one_line(e)}") from None
+        listing = Listing(objects, store.container_word, duplicates=dupes)
     else:
-        path = storage.local_path(uri)
-        if path.is_file():
-            listing = Listing([storage.stat(str(path))], "file")
-        elif path.is_dir():
-            objects, dupes = dedupe(storage.list_objects(str(path), suffixes))
-            listing = Listing(objects, "directory", duplicates=dupes)
-        else:
-            raise ListingError(f"input not found: {uri}")
+        raise ListingError(f"input not found: {uri}")
     if not listing.objects:
         examples = ", ".join(suffixes[:4])
         what = "rows" if listing.kind == "manifest" else f"video files ({examples}, ...)"
         raise ListingError(f"no {what} found in {uri}")
     return listing
-
-
-def _is_object(uri: str) -> bool:
-    if not storage.is_s3(uri):
-        return storage.local_path(uri).is_file()
-    try:
-        storage.stat(uri)
-        return True
-    except FileNotFoundError:
-        return False
-    except Exception as e:
-        raise ListingError(f"cannot read {uri}: {_one_line(e)}") from None
-
-
-def _one_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

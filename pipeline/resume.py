@@ -5,8 +5,8 @@ a row with its `(video_uri, source_version)` and that `model_name` and
 `model_version` (registry versions are small integers that every registered
 model has, so the version alone does not say which model), error
 rows included (so a rerun never writes a second row for the same video and
-version). Only committed parts are read: in-progress temporary files are not
-part files by name, and leftovers from a killed run are removed.
+version). Only committed parts are read: in-progress files are not part
+files by name, and leftovers from a killed run are removed.
 """
 
 from __future__ import annotations
@@ -17,62 +17,53 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import storage
-from pipeline.schema import KEY_COLUMNS
-from pipeline.sink import PART_PREFIX, PART_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX
-from pipeline.storage import ObjectInfo
+from pipeline.contract import KEY_COLUMNS
+from pipeline.errors import LabelError, one_line
+from pipeline.sink import PART_PREFIX, PART_SUFFIX, STAGING_PATTERN
+from pipeline.store import ObjectInfo, store_for
 
 READ_WORKERS = 16
 
 
-class ResumeError(RuntimeError):
+class ResumeError(LabelError):
     """The output location holds something this job cannot append to; one line."""
-
-
-def _prefix(output: str) -> str:
-    return output if not storage.is_s3(output) or output.endswith("/") else output + "/"
 
 
 def committed_parts(output: str) -> list[ObjectInfo]:
     """Part files already published under `output` (none if it does not exist yet)."""
-    if not storage.is_s3(output) and not storage.local_path(output).is_dir():
-        if storage.local_path(output).exists():
-            raise ResumeError(f"output is a file, not a directory: {output}")
-        return []
+    store = store_for(output)
     try:
-        objects = storage.list_objects(_prefix(output), suffixes=(PART_SUFFIX,))
+        kind = store.kind(output)
+        if kind == "object":
+            raise ResumeError(f"output is a file, not a {store.container_word}: {output}")
+        if kind == "missing":
+            return []
+        objects = store.list(output, suffixes=(PART_SUFFIX,))
         return [o for o in objects if o.uri.rsplit("/", 1)[-1].startswith(PART_PREFIX)]
+    except ResumeError:
+        raise
     except Exception as e:
-        raise ResumeError(f"cannot list output {output}: {_one_line(e)}") from None
+        raise ResumeError(f"cannot list output {output}: {one_line(e)}") from None
 
 
-def clean_stale_temp(output: str) -> int:
-    """Remove in-progress part files a killed run left in a local output; returns how many.
-
-    (On S3 nothing is left behind: a part is uploaded only once complete.)
-    """
-    if storage.is_s3(output) or not storage.local_path(output).is_dir():
-        return 0
-    stale = list(storage.local_path(output).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
+def clean_stale_staging(output: str) -> int:
+    """Remove in-progress part files a killed run left in `output`; returns how many."""
+    return store_for(output).clean_staging(output, STAGING_PATTERN)
 
 
 def _open(part: ObjectInfo) -> pq.ParquetFile:
-    # S3 parts are read through ranged GETs: the footer and three columns, not the file
-    return pq.ParquetFile(storage.open_input(part.uri, size=part.size))
+    # remote parts are read through ranged GETs: the footer and three columns, not the file
+    return pq.ParquetFile(store_for(part.uri).open_input(part.uri, size=part.size))
 
 
 def _keys(part: ObjectInfo, model_name: str, model_version: str) -> pa.Table:
     try:
         table = _open(part).read(columns=list(KEY_COLUMNS))
     except Exception as e:
-        raise ResumeError(f"cannot read existing part {part.uri}: {_one_line(e)}") from None
+        raise ResumeError(f"cannot read existing part {part.uri}: {one_line(e)}") from None
     mine = pc.and_(pc.equal(table["model_name"], model_name),
                    pc.equal(table["model_version"], model_version))
-    table = table.filter(mine)
-    return table.select(["video_uri", "source_version"])
+    return table.filter(mine).select(["video_uri", "source_version"])
 
 
 def done_keys(output: str, model_name: str, model_version: str) -> set[tuple[str, str]]:
@@ -103,7 +94,7 @@ def check_schema(output: str, schema: pa.Schema) -> None:
     try:
         existing = _open(parts[0]).schema_arrow
     except Exception as e:
-        raise ResumeError(f"cannot read existing part {parts[0].uri}: {_one_line(e)}") from None
+        raise ResumeError(f"cannot read existing part {parts[0].uri}: {one_line(e)}") from None
     for field in schema:
         idx = existing.get_field_index(field.name)
         if idx >= 0 and not existing.field(idx).type.equals(field.type):
@@ -111,8 +102,3 @@ def check_schema(output: str, schema: pa.Schema) -> None:
                 f"{output} already holds parts whose column {field.name!r} is "
                 f"{existing.field(idx).type}, not {field.type}; write to another --output"
             )
-
-
-def _one_line(e: Exception) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] if text else type(e).__name__

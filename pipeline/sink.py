@@ -11,8 +11,6 @@ exactly what was committed.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,25 +18,32 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline.errors import check
+from pipeline.store import store_for
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
-# in-progress parts in a local output directory: hidden, and not "*.parquet"
-TEMP_PREFIX = ".part-"
-TEMP_SUFFIX = ".parquet.tmp"
+# what the store names in-progress parts (hidden, never "*.parquet"): what a killed
+# writer may leave behind
+STAGING_PATTERN = f".{PART_PREFIX}*.tmp"
 
 
 @dataclass(frozen=True)
 class SinkConfig:
     """When to close a part and start the next one."""
 
-    max_rows: int = 50_000
+    max_rows: int = 50_000  # the CLI's --part-rows
     max_bytes: int = 128 * 1024 * 1024
     # also commit at least this often, so a killed job loses at most this much work
     max_seconds: float = 300.0
     row_group_rows: int = 10_000
     compression: str = "zstd"
+
+    def __post_init__(self) -> None:
+        for name, value in (("part rows", self.max_rows), ("part bytes", self.max_bytes),
+                            ("part seconds", self.max_seconds),
+                            ("row group rows", self.row_group_rows)):
+            check(value > 0, f"{name} must be >= 1, got {value}")
 
 
 def part_name(run_id: str, seq: int) -> str:
@@ -55,7 +60,7 @@ class PartWriter:
         self.run_id = run_id
         self.config = config
         self.parts: list[str] = []  # URIs of committed parts, in order
-        self.rows_committed = 0
+        self._store = store_for(output)
         self._seq = 0
         self._pending: list[pa.Table] = []  # rows not yet in a row group
         self._pending_rows = 0
@@ -96,17 +101,11 @@ class PartWriter:
             or time.monotonic() - self._part_started >= self.config.max_seconds
         )
 
+    def _uri(self) -> str:
+        return self._store.join(self.output, part_name(self.run_id, self._seq))
+
     def _open(self) -> None:
-        if storage.is_s3(self.output):
-            # a local scratch file, uploaded whole on commit
-            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
-        else:
-            # same directory as the final name, so commit is an atomic rename
-            directory = storage.local_path(self.output)
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
-        os.close(fd)
-        self._tmp = Path(name)
+        self._tmp = self._store.staging_path(self._uri())
         self._writer = pq.ParquetWriter(
             str(self._tmp), self.schema, compression=self.config.compression
         )
@@ -132,14 +131,13 @@ class PartWriter:
         if self._part_rows == 0:
             tmp.unlink(missing_ok=True)
             return None
-        uri = storage.join(self.output, part_name(self.run_id, self._seq))
+        uri = self._uri()
         try:
-            storage.upload_file(tmp, uri)
+            self._store.publish(tmp, uri)
         finally:
-            tmp.unlink(missing_ok=True)  # after a rename it is already gone
+            tmp.unlink(missing_ok=True)  # once published it is already gone
         self._seq += 1
         self.parts.append(uri)
-        self.rows_committed += self._part_rows
         return uri
 
     def close(self) -> None:

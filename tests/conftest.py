@@ -45,16 +45,16 @@ def s3_server():
     """moto's S3 server on a free loopback port; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
-    from pipeline import storage
+    from pipeline.store.s3 import s3_client
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     old = _set_env({**AWS_ENV, "AWS_ENDPOINT_URL": endpoint})
-    storage.s3_client.cache_clear()  # a client made before would point elsewhere
+    s3_client.cache_clear()  # a client made before would point elsewhere
     yield endpoint
-    storage.s3_client.cache_clear()
+    s3_client.cache_clear()
     _restore_env(old)
     server.stop()
 
@@ -62,20 +62,20 @@ def s3_server():
 @pytest.fixture
 def bucket(s3_server) -> str:
     """A fresh, empty bucket for one test."""
-    from pipeline import storage
+    from pipeline.store.s3 import s3_client
 
     name = f"test-{uuid.uuid4().hex[:12]}"
-    storage.s3_client().create_bucket(Bucket=name)
+    s3_client().create_bucket(Bucket=name)
     return name
 
 
 def upload_dir(local: Path, bucket: str, prefix: str) -> str:
     """Upload every file of `local` under `s3://bucket/prefix/`; returns that URI."""
-    from pipeline import storage
+    from pipeline.store.s3 import s3_client
 
     for path in sorted(local.iterdir()):
         if path.is_file():
-            storage.s3_client().upload_file(str(path), bucket, f"{prefix}/{path.name}")
+            s3_client().upload_file(str(path), bucket, f"{prefix}/{path.name}")
     return f"s3://{bucket}/{prefix}/"
 
 
@@ -109,12 +109,12 @@ def mlflow_store(tmp_path_factory):
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     """A fresh SQLite tracking store and model cache, with the working folder in tmp_path."""
-    from pipeline import registry
+    from registry.versions import CACHE_ENV
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path
 
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import Tensor
 
 from tsm_model.config import TSMConfig
@@ -84,15 +85,44 @@ def save(model: TSM, directory: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _parse_config(data: bytes, source: str) -> TSMConfig:
+    try:
+        return TSMConfig.from_dict(json.loads(data))
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{source}: invalid TSM config: {err}") from err
+
+
 def load_config(directory: str | os.PathLike[str]) -> TSMConfig:
     """Read and validate ``config.json`` from a saved model directory."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (is {directory} a saved TSM model?)")
+    return _parse_config(path.read_bytes(), str(path))
+
+
+def from_bytes(
+    config: bytes | TSMConfig, weights: bytes, *, source: str = "model", **overrides: Any
+) -> TSM:
+    """A model in eval mode from the two files' contents (``config.json``, ``model.safetensors``).
+
+    What actors on other machines use: the bytes travel, no file system is
+    shared. ``config`` may be an already parsed `TSMConfig`; ``overrides``
+    replace config fields as in `load`. Never unpickles.
+    """
+    if isinstance(config, TSMConfig):
+        parsed = config
+    else:
+        parsed = _parse_config(config, f"{source}/{CONFIG_FILE}")
+    parsed = parsed.replace(**overrides)
     try:
-        return TSMConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: invalid TSM config: {err}") from err
+        state_dict = load_safetensors(bytes(weights))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{source}/{WEIGHTS_FILE}: not a readable safetensors file: {err}"
+        ) from err
+    model = build(parsed)
+    load_weights(model, state_dict, f"{source}/{WEIGHTS_FILE}")
+    return model.eval()
 
 
 def load(directory: str | os.PathLike[str], **overrides: Any) -> TSM:
@@ -102,17 +132,11 @@ def load(directory: str | os.PathLike[str], **overrides: Any) -> TSM:
     Overrides that change the architecture make the weights not fit and raise
     `CheckpointError`.
     """
-    config = load_config(directory).replace(**overrides)
+    config = load_config(directory)
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no such file")
-    try:
-        state_dict = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights}: not a readable safetensors file: {err}") from err
-    model = build(config)
-    load_weights(model, state_dict, str(weights))
-    return model.eval()
+    return from_bytes(config, weights.read_bytes(), source=str(directory), **overrides)
 
 
 # --------------------------------------------------------------------------- .pth import
@@ -126,15 +150,16 @@ def read_pth(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # the unpickler's last line names what it refused ("Unsupported global: ...")
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"{path}: not a weights-only checkpoint, refusing to unpickle it ({reason})"
         ) from err
     except Exception as err:
         # Truncated or foreign files fail deep inside the unpickler with whatever error
-        # the bytes happen to trigger (EOFError, IndexError, RuntimeError, ...).
-        detail = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from err
+        # the bytes happen to trigger (EOFError, IndexError, RuntimeError, ...): that
+        # error is chained as the cause; the message says what it means.
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint") from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
     return obj

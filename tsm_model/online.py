@@ -81,7 +81,7 @@ class OnlineTSM(nn.Module):
         finally:
             for point in self._points:
                 point.stream = None
-        return self.model.new_fc(self.model.dropout(feats))
+        return self.model.classify(feats)
 
     def forward(self, clip: Tensor) -> Tensor:
         """Per-frame logits ``(B, T, num_classes)`` for ``clip`` ``(B, T, 3, H, W)``.

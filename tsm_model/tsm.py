@@ -104,13 +104,22 @@ class TSM(nn.Module):
         feats = self.base_model(x.flatten(0, 1))
         return feats.unflatten(0, (x.shape[0], -1))
 
+    def classify(self, frame_features: Tensor) -> Tensor:
+        """The head: per-frame features ``(..., D)`` -> per-frame logits ``(..., num_classes)``."""
+        return self.new_fc(self.dropout(frame_features))
+
     def frame_logits(self, x: Tensor) -> Tensor:
         """Per-frame logits ``(B, T', num_classes)`` before the segment consensus."""
-        return self.new_fc(self.dropout(self.frame_features(x)))
+        return self.classify(self.frame_features(x))
 
     def features(self, x: Tensor) -> Tensor:
         """Per-video embedding ``(B, D)``: pooled features averaged over time."""
         return self.frame_features(x).mean(dim=1)
+
+    def logits_and_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(forward(x), features(x))`` from one backbone pass: what a labelling job needs."""
+        frames = self.frame_features(x)
+        return self.classify(frames).mean(dim=1), frames.mean(dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Video logits ``(B, num_classes)``: per-frame logits averaged (consensus)."""

@@ -1,0 +1,78 @@
+"""The label job's settings: each defined once, with its default, and validated here.
+
+`LabelConfig` holds what a user chooses (the `tsm label` flags map one to one
+onto its fields and take their defaults from it). The stages get what they
+need through one constructor each (`DecodeSpec.from_settings`,
+`ModelSpec.from_settings`), never by copying fields by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from pipeline.contract import EMBEDDING_DTYPES
+from pipeline.errors import check
+from pipeline.sink import SinkConfig
+
+EXPERIMENT = "tsm-label"
+MAX_DECODE_TIMEOUT_S = 24 * 3600
+MAX_STALL_TIMEOUT_S = 7 * 24 * 3600
+# each decode task reserves memory for ~3 copies of an object read whole
+MAX_STREAM_THRESHOLD_MB = 1024
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Everything a label run needs."""
+
+    input: str
+    output: str
+    model: str
+    num_segments: int | None = None  # None: the model's own
+    top_k: int = 5
+    embeddings: bool = True
+    embedding_dtype: str = "float32"
+    batch_size: int = 32  # clips per model forward
+    actors: int = 1  # model actors
+    gpus_per_actor: float = 0.0
+    # CPU Ray reserves per model actor; None: 1 with GPUs, else 0. Without GPUs
+    # the model shares the cores with decoding: a reserved core would sit idle
+    # whenever the model waits for clips (and Ray would run fewer decode tasks)
+    cpus_per_actor: float | None = None
+    torch_threads: int | None = None  # None: 1 per actor on CPU
+    bf16: bool = False
+    decode_timeout_s: float = 120.0
+    stream_threshold_mb: float = 64.0
+    videos_per_decode_task: int = 4
+    # end the job if no video comes out for this long (an actor crashing on every
+    # retry would otherwise hold it forever); generous, for clusters that scale up
+    stall_timeout_s: float = 1800.0
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    experiment: str = EXPERIMENT
+
+    def __post_init__(self) -> None:
+        seg, cpa, threads = self.num_segments, self.cpus_per_actor, self.torch_threads
+        check(bool(self.input.strip()), "input is empty")
+        check(bool(self.output.strip()), "output is empty")
+        check(bool(self.model.strip()), "model is empty")
+        check(seg is None or seg >= 1, f"segments must be >= 1, got {seg}")
+        check(self.top_k >= 1, f"top-k must be >= 1, got {self.top_k}")
+        check(self.embedding_dtype in EMBEDDING_DTYPES,
+              f"embedding dtype must be float32 or float16, got {self.embedding_dtype!r}")
+        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        check(self.actors >= 1, f"actors must be >= 1, got {self.actors}")
+        check(self.gpus_per_actor >= 0, f"gpus per actor must be >= 0, got {self.gpus_per_actor}")
+        check(cpa is None or cpa >= 0, f"cpus per actor must be >= 0, got {cpa}")
+        check(threads is None or threads >= 1, f"torch threads must be >= 1, got {threads}")
+        check(0 < self.decode_timeout_s <= MAX_DECODE_TIMEOUT_S,
+              f"decode timeout must be in (0, {MAX_DECODE_TIMEOUT_S}] s, "
+              f"got {self.decode_timeout_s}")
+        check(0 < self.stall_timeout_s <= MAX_STALL_TIMEOUT_S,
+              f"stall timeout must be in (0, {MAX_STALL_TIMEOUT_S}] s, got {self.stall_timeout_s}")
+        check(math.isfinite(self.stream_threshold_mb)
+              and 0 <= self.stream_threshold_mb <= MAX_STREAM_THRESHOLD_MB,
+              f"stream threshold must be in [0, {MAX_STREAM_THRESHOLD_MB}] MB, "
+              f"got {self.stream_threshold_mb}")
+        check(self.videos_per_decode_task >= 1,
+              f"videos per decode task must be >= 1, got {self.videos_per_decode_task}")

@@ -1,0 +1,123 @@
+"""The storage interface: what the label job needs from wherever videos and outputs live.
+
+Listing, reading videos and manifests, resume and the sink all go through a
+`Store`; which one is chosen once from the URI (`pipeline.store.store_for`),
+so no other code asks whether a URI is local or on S3.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+
+class SourceChangedError(OSError):
+    """The object's bytes no longer match the version it was listed with."""
+
+
+class StorageReadError(OSError):
+    """The store refused or failed a read (after retries)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An input object: where it is, its size, and the version that identifies its bytes.
+
+    `version` is the S3 ETag, or `"<size>-<mtime_ns>"` for a local file, so a
+    rewritten object counts as a new input and an unchanged one does not.
+    """
+
+    uri: str
+    size: int
+    version: str
+
+
+@dataclass(frozen=True)
+class VideoInput:
+    """What a decoder reads: a local path, an in-memory file, or a URL it fetches itself.
+
+    `remote_stream` marks a URL the decoder pulls over the network on its own:
+    a read failure there is the network's, and the object's version can only be
+    checked after the decode.
+    """
+
+    source: str | BinaryIO
+    remote_stream: bool = False
+
+    def close(self) -> None:
+        if not isinstance(self.source, str):
+            self.source.close()
+
+
+Kind = Literal["object", "container", "missing"]
+
+
+class Store(ABC):
+    """One storage backend. URIs are strings; `normalize` gives the canonical form."""
+
+    container_word: str  # what users call a folder here: "directory" or "prefix"
+
+    @abstractmethod
+    def normalize(self, uri: str) -> str:
+        """The canonical URI, so one object has one name (and one resume key)."""
+
+    @abstractmethod
+    def join(self, base: str, name: str) -> str:
+        """`name` (relative) inside the folder `base`."""
+
+    @abstractmethod
+    def parent(self, uri: str) -> str:
+        """The folder holding `uri`."""
+
+    @abstractmethod
+    def kind(self, uri: str) -> Kind:
+        """Whether `uri` names one object, a folder/prefix, or nothing."""
+
+    @abstractmethod
+    def stat(self, uri: str) -> ObjectInfo:
+        """Size and version of one object; FileNotFoundError if it does not exist."""
+
+    def is_object(self, uri: str) -> bool:
+        return self.kind(uri) == "object"
+
+    @abstractmethod
+    def list(self, prefix: str, suffixes: tuple[str, ...] | None = None) -> Iterator[ObjectInfo]:
+        """Objects under a folder/prefix in key order; hidden names (a leading '.') skipped,
+        and with `suffixes` only names ending in one of them (case-insensitive)."""
+
+    @abstractmethod
+    def read_bytes(self, uri: str, version: str | None = None) -> bytes:
+        """The whole object. With `version`, SourceChangedError if it was rewritten since."""
+
+    @abstractmethod
+    def open_input(self, uri: str, *, size: int | None = None,
+                   version: str | None = None) -> BinaryIO:
+        """A seekable binary stream that reads only what its reader asks for."""
+
+    @abstractmethod
+    def video_input(self, obj: ObjectInfo, stream_threshold: int) -> VideoInput:
+        """What a decoder should read for `obj` (objects over `stream_threshold` bytes
+        are never held in memory whole)."""
+
+    @abstractmethod
+    def staging_path(self, uri: str) -> Path:
+        """A new local scratch file that `publish(path, uri)` can commit all or nothing."""
+
+    @abstractmethod
+    def publish(self, local: Path, uri: str) -> None:
+        """Make the finished local file visible at `uri` in one step (rename or one upload)."""
+
+    @abstractmethod
+    def clean_staging(self, folder: str, pattern: str) -> int:
+        """Remove scratch files matching `pattern` that a killed writer left in `folder`."""
+
+
+def wanted(name: str, suffixes: tuple[str, ...] | None) -> bool:
+    """The listing rule shared by every store: no hidden files, optional suffix filter."""
+    base = name.rsplit("/", 1)[-1]
+    if not base or base.startswith("."):
+        return False
+    return suffixes is None or base.lower().endswith(tuple(s.lower() for s in suffixes))

@@ -1,0 +1,93 @@
+"""Local files: paths (`/a/b`, `a/b`) and `file://` URIs, made absolute."""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from pipeline.store.base import Kind, ObjectInfo, Store, VideoInput, wanted
+
+
+def local_path(uri: str) -> Path:
+    """A local URI (`/a/b`, `a/b` or `file:///a/b`) as a Path."""
+    return Path(uri.removeprefix("file://"))
+
+
+def _info(path: Path, st: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(str(path), st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+
+
+class LocalStore(Store):
+    container_word = "directory"
+
+    def normalize(self, uri: str) -> str:
+        # absolute, so `videos/`, `./videos` and the same folder named from another working
+        # directory give the same URIs (and resume keys)
+        return os.path.abspath(local_path(uri))
+
+    def join(self, base: str, name: str) -> str:
+        return str(local_path(base) / name)
+
+    def parent(self, uri: str) -> str:
+        return str(local_path(uri).parent)
+
+    def kind(self, uri: str) -> Kind:
+        path = local_path(uri)
+        if path.is_file():
+            return "object"
+        return "container" if path.is_dir() else "missing"
+
+    def stat(self, uri: str) -> ObjectInfo:
+        path = local_path(uri)
+        return _info(path, path.stat())
+
+    def list(self, prefix: str, suffixes: tuple[str, ...] | None = None) -> Iterator[ObjectInfo]:
+        root = local_path(prefix)
+        if not root.is_dir():
+            raise NotADirectoryError(f"input directory not found: {prefix}")
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                if wanted(name, suffixes) and path.is_file():
+                    yield _info(path, path.stat())
+
+    def read_bytes(self, uri: str, version: str | None = None) -> bytes:
+        return local_path(uri).read_bytes()
+
+    def open_input(self, uri: str, *, size: int | None = None,
+                   version: str | None = None) -> BinaryIO:
+        return open(local_path(uri), "rb")
+
+    def video_input(self, obj: ObjectInfo, stream_threshold: int) -> VideoInput:
+        # FFmpeg reads and seeks a path itself; a directory or a device is not a video
+        path = local_path(obj.uri)
+        if not stat_mod.S_ISREG(os.stat(path).st_mode):
+            raise IsADirectoryError(f"not a regular file: {obj.uri}")
+        return VideoInput(str(path))
+
+    def staging_path(self, uri: str) -> Path:
+        # hidden, in the destination's own directory: publishing is an atomic rename
+        dest = local_path(uri)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        os.close(fd)
+        return Path(name)
+
+    def publish(self, local: Path, uri: str) -> None:
+        dest = local_path(uri)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local, dest)
+
+    def clean_staging(self, folder: str, pattern: str) -> int:
+        root = local_path(folder)
+        if not root.is_dir():
+            return 0
+        stale = list(root.glob(pattern))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)

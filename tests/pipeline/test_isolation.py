@@ -1,0 +1,103 @@
+"""The decoding child process: a crash or a hang costs one call, never the caller."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from test_decode_stage import black_hole  # noqa: F401  (fixture)
+
+from pipeline import decode_stage
+from pipeline.contract import ErrorKind
+from pipeline.decode_stage import DecodeSpec, decode_bounded
+from pipeline.isolation import ChildCrashed, ChildError, ChildProcess, ChildTimeout
+from pipeline.store import ObjectInfo
+
+
+@pytest.fixture
+def child():
+    c = ChildProcess()
+    yield c
+    c.close()
+
+
+def test_calls_run_in_one_reused_child(child):
+    assert child.call(sum, [1, 2, 3], timeout=60) == 6
+    pid = child.pid
+    assert pid != os.getpid()
+    assert child.call(os.getpid, timeout=10) == pid
+
+
+def test_a_crash_is_reported_and_the_next_call_gets_a_new_child(child):
+    child.call(sum, [1], timeout=60)
+    first = child.pid
+    with pytest.raises(ChildCrashed, match="SIGABRT"):
+        child.call(os.abort, timeout=10)
+    assert child.call(sum, [2, 2], timeout=60) == 4
+    assert child.pid != first
+
+
+def test_a_hang_is_cut_off_and_the_child_killed(child):
+    child.call(sum, [1], timeout=60)
+    hung = child.pid
+    started = time.monotonic()
+    with pytest.raises(ChildTimeout, match=r"0\.5 s"):
+        child.call(time.sleep, 30, timeout=0.5)
+    assert time.monotonic() - started < 5
+    with pytest.raises(ProcessLookupError):  # killed, not left running
+        os.kill(hung, 0)
+    assert child.call(sum, [3], timeout=60) == 3
+
+
+def test_an_exception_in_the_call_is_an_error_not_a_crash(child):
+    with pytest.raises(ChildError, match="ValueError: invalid literal"):
+        child.call(int, "x", timeout=60)
+    pid = child.pid
+    assert child.call(int, "7", timeout=10) == 7 and child.pid == pid
+
+
+@pytest.mark.parametrize("warm, imported", [((), False), (("colorsys",), True)])
+def test_warm_modules_are_imported_before_the_first_call(warm, imported):
+    child = ChildProcess(warm=warm)
+    try:
+        assert child.call(eval, "'colorsys' in __import__('sys').modules", timeout=60) is imported
+    finally:
+        child.close()
+
+
+def test_printing_in_the_child_does_not_break_the_protocol(child):
+    assert child.call(print, "noise on stdout", timeout=60) is None
+    assert child.call(sum, [5], timeout=10) == 5
+
+
+def test_a_changed_environment_restarts_the_child(child, monkeypatch):
+    child.call(sum, [1], timeout=60)
+    pid = child.pid
+    monkeypatch.setenv("TSM_TEST_MARKER", "1")
+    assert child.call(os.getenv, "TSM_TEST_MARKER", timeout=60) == "1"
+    assert child.pid != pid
+
+
+@pytest.mark.usefixtures("black_hole")
+def test_a_decoder_that_dies_mid_video_is_one_error_row():
+    # the fetch hangs on a server that never answers; meanwhile the decoding process
+    # is killed with SIGSEGV, as FFmpeg would be by a hostile file
+    spec = DecodeSpec(num_segments=4, resize_size=40, input_size=32, timeout_s=60,
+                      stream_threshold_bytes=64 << 20)
+    decode_stage._DECODER.close()
+    decode_stage._DECODER.call(sum, [0], timeout=120)  # started, so the kill lands mid-video
+    pid = decode_stage._DECODER.pid
+
+    def segfault_the_decoder():
+        time.sleep(1.0)  # let the call reach the hung read
+        os.kill(pid, signal.SIGSEGV)
+
+    killer = threading.Thread(target=segfault_the_decoder)
+    killer.start()
+    r = decode_bounded(ObjectInfo("s3://stalled/v.mp4", 5000, "etag"), spec)
+    killer.join()
+    assert (r.ok, r.error_kind) == (False, ErrorKind.DECODER_CRASH)
+    assert "SIGSEGV" in r.error_message

@@ -1,0 +1,153 @@
+"""The synthetic corpus: classes are what they claim, pairs are exact reversals, files are real."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.decoders import decoder_for
+from pipeline.sampling import segment_indices
+from training import synthetic
+from training.synthetic import CLASSES, SynthConfig, VideoSpec, pair_of, render
+
+FORWARD = [c for c in CLASSES if synthetic.is_forward(c)]
+
+
+def decode_all(path: str, n: int):
+    """n evenly spaced frames of a video (all of them when it has n), through the CPU decoder."""
+    return decoder_for("cpu").decode(path, lambda frames: segment_indices(frames, n))
+
+
+def read_rows(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def spec(label: str, seed: int = 7, frames: int = 32) -> VideoSpec:
+    return VideoSpec(label=label, seed=seed, size=64, num_frames=frames, fps=15)
+
+
+def object_mask(frames: np.ndarray) -> np.ndarray:
+    """Pixels that differ from the per-pixel temporal median (the static background)."""
+    bg = np.median(frames.astype(float), axis=0)
+    return np.abs(frames.astype(float) - bg).sum(-1) > 40
+
+
+def centroids(frames: np.ndarray) -> np.ndarray:
+    """(T, 2) centroid (x, y) of the moving object in each frame."""
+    out = []
+    for m in object_mask(frames):
+        ys, xs = np.nonzero(m)
+        out.append((xs.mean(), ys.mean()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("forward", FORWARD)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_backward_class_is_exact_reversal(forward, seed):
+    backward = pair_of(forward)
+    a = render(spec(forward, seed))
+    b = render(spec(backward, seed))
+    assert a.shape == (32, 64, 64, 3)
+    np.testing.assert_array_equal(b, a[::-1])
+    # the frames really change over time (otherwise reversal would be trivial)
+    assert np.abs(a[0].astype(int) - a[-1].astype(int)).mean() > 1.0
+
+
+@pytest.mark.parametrize("label, axis, sign", [
+    ("move_right", 0, 1), ("move_left", 0, -1), ("move_down", 1, 1), ("move_up", 1, -1),
+])
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_motion_direction_matches_label(label, axis, sign, seed):
+    c = centroids(render(spec(label, seed)))
+    step = np.diff(c[:, axis])
+    assert sign * (c[-1, axis] - c[0, axis]) > 10  # pixels, at 64 px frames
+    assert (sign * step > -1.0).mean() > 0.9  # monotone apart from rasterisation jitter
+    assert abs(c[-1, 1 - axis] - c[0, 1 - axis]) < 4  # no motion on the other axis
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_grow_and_appear_change_the_visible_area(seed):
+    def area(label):  # object pixels: differ from the frame where the object is least visible
+        f = render(spec(label, seed)).astype(float)
+        ref = f[0] if label in ("grow", "appear") else f[-1]
+        return np.array([(np.abs(x - ref).sum(-1) > 40).sum() for x in f])
+
+    grow, shrink = area("grow"), area("shrink")
+    assert grow[-1] > grow[len(grow) // 2] > grow[1]
+    assert shrink[0] > shrink[len(shrink) // 2] > shrink[-2]
+    appear = area("appear")
+    assert appear[-1] > 20 and appear[0] == 0
+
+
+def test_rotation_uses_asymmetric_shapes_and_turns():
+    f = render(spec("rotate_clockwise", 11))
+    m0, m1 = object_mask(f)[0], object_mask(f)[len(f) // 2]
+    assert m0.sum() > 20 and (m0 ^ m1).sum() > 0.2 * m0.sum()  # the silhouette turned
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    cfg = SynthConfig(videos=20, seed=5, size=64, min_frames=16, max_frames=24, workers=2)
+    return out, cfg, synthetic.generate(out, cfg)
+
+
+def test_generate_writes_decodable_balanced_manifests(corpus):
+    out, cfg, manifests = corpus
+    rows = {s: read_rows(p) for s, p in manifests.items()}
+    assert set(rows) == {"train", "val", "test"}
+    all_rows = [r for rs in rows.values() for r in rs]
+    assert len(all_rows) == 20 and len({r["uri"] for r in all_rows}) == 20
+    assert sorted(r["label"] for r in all_rows) == sorted(CLASSES * 2)
+    assert json.loads((out / "classes.json").read_text()) == list(CLASSES)
+    for r in all_rows:
+        clip = decode_all(r["uri"], 2)
+        assert cfg.min_frames <= clip.meta.num_frames <= cfg.max_frames
+        assert clip.frames[0].shape == (64, 64, 3)
+
+
+def test_encoded_pair_decodes_to_reversed_frames(tmp_path):
+    fwd, bwd = tmp_path / "f.mp4", tmp_path / "b.mp4"
+    synthetic.encode_mp4(render(spec("move_right", 9)), 15, fwd)
+    synthetic.encode_mp4(render(spec("move_left", 9)), 15, bwd)
+    a = decode_all(str(fwd), 32).frames.astype(int)
+    b = decode_all(str(bwd), 32).frames.astype(int)
+    # lossy H.264 on both sides: equal up to small coding noise, frame by frame
+    diff = np.abs(b - a[::-1]).mean(axis=(1, 2, 3))
+    assert diff.max() < 3.0
+    # ... and clearly unlike the forward order where the object is far from its reversed place
+    forward_order = np.abs(b - a).mean(axis=(1, 2, 3))
+    assert forward_order[0] > 2 * diff[0] and forward_order[-1] > 2 * diff[-1]
+
+
+def test_same_seed_same_corpus(corpus, tmp_path):
+    out, cfg, manifests = corpus
+    again = synthetic.generate(tmp_path, cfg)
+    for split in manifests:
+        first = [r["label"] for r in read_rows(manifests[split])]
+        second = [r["label"] for r in read_rows(again[split])]
+        assert first == second
+    a = sorted((out / "videos").iterdir())[0].read_bytes()
+    b = sorted((tmp_path / "videos").iterdir())[0].read_bytes()
+    assert a == b
+
+
+def test_cli_synth_and_bad_flags(tmp_path):
+    from jobs.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["data", "synth", str(tmp_path / "c"), "--videos", "10", "--seed",
+                              "1", "--size", "32", "--frames", "8-12"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "c" / "train.csv").is_file()
+    for bad in (["--frames", "abc"], ["--frames", "9-3"], ["--size", "33"]):
+        res = runner.invoke(app, ["data", "synth", str(tmp_path / "d"), *bad])
+        assert res.exit_code == 2
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+        assert "Traceback" not in res.output
