@@ -54,7 +54,8 @@ Fairness
   tries to report usage (there is no network to report to).
 * Same work: the same manifest, frame indices, resize, crop and model; every
   run must write exactly one row per video (and for ours, every row `ok`),
-  or the benchmark stops.
+  or the benchmark stops; and it reports how often each method's top-1 and
+  top-5 classes equal ours (they should all but always).
 * Order: the methods run in a rotating order over `--repeats` rounds (round
   1: plain, ray, ours; round 2: ray, ours, plain; ...), so slow drifts of the
   machine hit all of them alike; medians are reported.
@@ -170,6 +171,7 @@ class Run:
     rows: int
     load_before: float  # 1-min load average when the run started
     log: str
+    top5: dict[str, tuple]  # video -> top-5 class ids, to check the methods agree
 
     @property
     def videos_per_s(self) -> float:
@@ -276,15 +278,16 @@ def command(method: str, manifest: Path, model: Path, out: Path, args) -> list[s
             "--batch-size", str(args.batch_size), "--cpus", str(args.cpus)]
 
 
-def check_output(method: str, out: Path, uris: list[str]) -> int:
-    """Rows written; raises unless there is exactly one (ok) row per video."""
+def check_output(method: str, out: Path, uris: list[str]) -> tuple[int, dict[str, tuple]]:
+    """Rows written and each video's top-5 class ids; raises unless there is exactly one
+    (ok) row per video."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     files = sorted(out.rglob("*.parquet"))
-    column = "video_uri" if method == "ours" else "uri"
-    tables = [pq.read_table(f, columns=[column, "status"] if method == "ours" else [column])
-              for f in files]
+    column, ids = ("video_uri", "top_k_ids") if method == "ours" else ("uri", "top5_ids")
+    extra = ["status"] if method == "ours" else []
+    tables = [pq.read_table(f, columns=[column, ids, *extra]) for f in files]
     rows = sum(t.num_rows for t in tables)
     seen = {u for t in tables for u in t[column].to_pylist()}
     problems = []
@@ -296,7 +299,9 @@ def check_output(method: str, out: Path, uris: list[str]) -> int:
             problems.append(f"{bad} error rows")
     if problems:
         raise RuntimeError(f"{method}: wrong output in {out}: {'; '.join(problems)}")
-    return rows
+    top5 = {u: tuple(k) for t in tables
+            for u, k in zip(t[column].to_pylist(), t[ids].to_pylist(), strict=True)}
+    return rows, top5
 
 
 def run_once(method: str, rnd: int, position: int, manifest: Path, uris: list[str],
@@ -330,10 +335,10 @@ def run_once(method: str, rnd: int, position: int, manifest: Path, uris: list[st
     cpu = _cpu_of_children() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"{method} failed (exit code {proc.returncode}); see {log}")
-    rows = check_output(method, out, uris)
+    rows, top5 = check_output(method, out, uris)
     shutil.rmtree(out, ignore_errors=True)  # outputs can be large; the log stays
     return Run(method, rnd, position, len(uris), wall, tree, cpu, _inner_seconds(method, text),
-               killed, rows, load, str(log))
+               killed, rows, load, str(log), top5)
 
 
 # ----------------------------------------------------------------- the report
@@ -390,6 +395,21 @@ def summarise(runs: list[Run], methods: list[str]) -> dict:
     if "ours" in out:
         for m in methods:
             out[m]["ours_over_this"] = out["ours"]["videos_per_s"] / out[m]["videos_per_s"]
+    return out
+
+
+def agreement(runs: list[Run], methods: list[str]) -> dict[str, dict[str, float]]:
+    """Share of videos whose top-1 class and whole top-5 list match the reference method's
+    (ours if run): evidence that the methods compute the same thing. Random-weight models
+    give close scores, so a rare flip of near-equal classes is rounding, not a bug."""
+    last = {r.method: r for r in runs}  # each method's last run
+    ref = last["ours" if "ours" in last else methods[0]]
+    out = {}
+    for m, r in last.items():
+        same1 = sum(r.top5[u][:1] == ref.top5[u][:1] for u in ref.top5)
+        same5 = sum(r.top5[u] == ref.top5[u] for u in ref.top5)
+        out[m] = {"reference": ref.method, "top1": same1 / len(ref.top5),
+                  "top5": same5 / len(ref.top5)}
     return out
 
 
@@ -450,6 +470,8 @@ def parse_args(argv: list[str]):
                    help="seconds a run's leftover processes get to exit before being killed")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
     args.label_args = label_args
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(args.methods) - set(METHODS)
@@ -528,6 +550,7 @@ def main() -> None:
         raise
 
     summary = summarise(runs, args.methods)
+    agree = agreement(runs, args.methods)
     info = machine()
     vers = versions()
     md = table(summary, args, n)
@@ -546,6 +569,8 @@ def main() -> None:
             if m != "ours":
                 print(f"ours / {m}: {summary[m]['ours_over_this']:.2f}x "
                       f"({'faster' if summary[m]['ours_over_this'] > 1 else 'slower'})")
+    print("same labels as " + agree[args.methods[0]]["reference"] + ": " + ", ".join(
+        f"{m} top-1 {a['top1']:.0%}, top-5 {a['top5']:.0%}" for m, a in agree.items()))
     print(f"machine: {info['cpu_model']}, nproc {info['nproc']} (of {info['cpu_count']}), "
           f"{info['memory_gib']} GiB; 1-min load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after")
@@ -562,8 +587,9 @@ def main() -> None:
         "commands": {m: shlex.join(command(m, manifest, model, Path("OUT"), args))
                      for m in args.methods},
         "load_average_before": load_before, "load_average_after": load_after,
-        "summary": summary, "table_markdown": md,
-        "runs": [asdict(r) | {"videos_per_s": r.videos_per_s} for r in runs],
+        "summary": summary, "agreement": agree, "table_markdown": md,
+        "runs": [{k: v for k, v in asdict(r).items() if k != "top5"}
+                 | {"videos_per_s": r.videos_per_s} for r in runs],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
