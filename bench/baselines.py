@@ -11,7 +11,10 @@
 2. `ray_data_job`: the Ray Data job from the documentation's batch-inference
    pattern: `from_items` -> `map(decode)` (one video per call, uint8 clip out)
    -> `map_batches(ModelActor, ActorPoolStrategy(size=2))` -> `write_parquet`,
-   on a local Ray with `num_cpus` CPUs.
+   on a local Ray with `num_cpus` CPUs. Ray Data fuses the `map` into the
+   actors (its log names the actor `MapWorker(Map(decode_row)->MapBatches(
+   ModelActor))`): each of the 2 actors (1 CPU each) decodes and labels its
+   own videos, and no clip travels between processes.
 
 Both compute what `tsm label` computes per video: the same frame indices
 (`pipeline.sampling.segment_indices`), the same resize, crop and normalisation

@@ -110,7 +110,8 @@ from upload_corpus import (  # noqa: E402  (bench/ is no package)
 METHODS = ("plain", "ray", "ours")
 DESCRIPTION = {
     "plain": "plain loop: 1 process, decord get_batch + torch, batch {batch}, {cpus} threads",
-    "ray": "textbook Ray Data: map(decode) -> map_batches(2 actors x 1 thread, batch {batch})",
+    "ray": "textbook Ray Data: map(decode) -> map_batches(2 actors x 1 thread, batch {batch}); "
+           "Ray fuses the two into the actors",
     "ours": "`tsm label`, default flags{extra}",
 }
 # random-weight TSMs for timing: weights do not change the speed
@@ -545,6 +546,8 @@ def main() -> None:
                       f"videos/s  {run.cpu_s / n:6.3f} CPU s/video"
                       + (f"  ({run.leftovers_killed} leftover processes killed)"
                          if run.leftovers_killed else ""), flush=True)
+    except RuntimeError as e:  # a run failed or wrote wrong output: its log says why
+        raise SystemExit(f"error: {e}\nlogs kept in {work / 'logs'}") from None
     except BaseException:
         print(f"logs kept in {work / 'logs'}", file=sys.stderr)
         raise
