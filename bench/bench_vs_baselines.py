@@ -560,26 +560,36 @@ def main() -> None:
     load_after = os.getloadavg()
     clip = (f"{args.duration:g} s clips, {args.sizes}, GOP {args.gop}" if not args.manifest
             else str(manifest))
-    print()
-    print(f"{n} videos ({clip}); model {args.model} ({model_config['arch']}, "
-          f"{model_config['num_segments']} segments, {model_config['input_size']} px crops); "
-          f"{args.cpus} CPUs for every method; median of {args.repeats} rounds")
-    print()
-    print(md)
-    print()
+    lines = [
+        f"{n} videos ({clip}); model {args.model} ({model_config['arch']}, "
+        f"{model_config['num_segments']} segments, {model_config['input_size']} px crops); "
+        f"{args.cpus} CPUs for every method; median of {args.repeats} rounds",
+        "",
+        md,
+        "",
+        "videos/s: videos / wall-clock seconds from process start to exit. start-up s: wall "
+        "clock before the method's own clock starts (interpreter, imports; ours: the CLI's "
+        "imports, before listing, MLflow and Ray). CPU s / video: user + system time of the "
+        "run's whole process tree.",
+        "",
+    ]
     if "ours" in summary:
-        for m in args.methods:
-            if m != "ours":
-                print(f"ours / {m}: {summary[m]['ours_over_this']:.2f}x "
-                      f"({'faster' if summary[m]['ours_over_this'] > 1 else 'slower'})")
-    print("same labels as " + agree[args.methods[0]]["reference"] + ": " + ", ".join(
-        f"{m} top-1 {a['top1']:.0%}, top-5 {a['top5']:.0%}" for m, a in agree.items()))
-    print(f"machine: {info['cpu_model']}, nproc {info['nproc']} (of {info['cpu_count']}), "
-          f"{info['memory_gib']} GiB; 1-min load average {load_before[0]:.2f} before, "
-          f"{load_after[0]:.2f} after")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if k != "ffmpeg")
-          + f"; {vers['ffmpeg']}")
-    print(f"command: {the_command}")
+        lines += [f"- ours / {m}: **{summary[m]['ours_over_this']:.2f}x** "
+                  f"({'faster' if summary[m]['ours_over_this'] > 1 else 'slower'})"
+                  for m in args.methods if m != "ours"]
+    lines += [
+        "- same labels as " + agree[args.methods[0]]["reference"] + ": " + ", ".join(
+            f"{m} top-1 {a['top1']:.0%}, top-5 {a['top5']:.0%}" for m, a in agree.items()),
+        f"- machine: {info['cpu_model']}, nproc {info['nproc']} (of {info['cpu_count']}), "
+        f"{info['memory_gib']} GiB, Linux {info['kernel']}; 1-min load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if k != "ffmpeg")
+        + f", Python {info['python']}; {vers['ffmpeg']}",
+        f"- command: `{the_command}`",
+    ]
+    report = "\n".join(lines)
+    print()
+    print(report)
     results = {
         "command": the_command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z",
                                                          time.localtime(started)),
@@ -591,6 +601,7 @@ def main() -> None:
                      for m in args.methods},
         "load_average_before": load_before, "load_average_after": load_after,
         "summary": summary, "agreement": agree, "table_markdown": md,
+        "report_markdown": report,
         "runs": [{k: v for k, v in asdict(r).items() if k != "top5"}
                  | {"videos_per_s": r.videos_per_s} for r in runs],
     }
