@@ -50,7 +50,12 @@ def stderr_to(path: Path) -> Iterator[None]:
 
 
 class ProgressBar:
-    """A rich progress bar fed by the job's progress callbacks (drawn on stdout)."""
+    """A rich progress display fed by the job's callbacks (drawn on stdout).
+
+    It names the phase the job is in (waiting for the output, listing, starting
+    Ray, loading the model, labelling), so a minute of start-up on a cluster
+    never looks like a hang; the total appears once the listing is complete.
+    """
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -70,7 +75,7 @@ class ProgressBar:
             )
 
             self._progress = Progress(
-                TextColumn("[bold]labelling"),
+                TextColumn("[bold]{task.description:<18}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("errors {task.fields[errors]}"),
@@ -89,8 +94,9 @@ class ProgressBar:
 
     def start(self, p) -> None:
         if self._progress is not None:
-            self._task = self._progress.add_task("label", total=p.total, errors=0, rate=0.0)
+            self._task = self._progress.add_task(p.phase, total=p.total, errors=0, rate=0.0)
 
     def update(self, p) -> None:
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=p.done, errors=p.errors, rate=p.rate)
+            self._progress.update(self._task, description=p.phase, total=p.total,
+                                  completed=p.done, errors=p.errors, rate=p.rate)

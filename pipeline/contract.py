@@ -56,6 +56,8 @@ class ErrorKind(StrEnum):
     ZERO_FRAMES = "zero_frames", True, "a video stream with no decodable frame"
     TRUNCATED = "truncated", True, "the container says the data ends early (a cut-off upload)"
     CORRUPT = "corrupt", True, "not a video, or damaged beyond decoding"
+    NOT_A_FILE = "not_a_file", True, "a directory, FIFO or device with a video's name"
+    BAD_NAME = "bad_name", True, "a file name that is not valid UTF-8 (rename the file)"
     # the store or the run, not the video
     MISSING = "missing", False, "the object does not exist (any more)"
     READ_ERROR = "read_error", False, "the store refused or failed the read (permissions, network)"
@@ -64,7 +66,6 @@ class ErrorKind(StrEnum):
     DECODER_CRASH = "decoder_crash", False, "the decoding process died (e.g. FFmpeg crashed)"
     MODEL_ERROR = "model_error", False, "the model failed on the clip or gave a non-finite output"
     INTERNAL = "internal", False, "an unexpected failure (a bug); the message says what"
-    LOST = "lost", False, "no result came back from the pipeline (a safety net)"
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("frame_indices", pa.list_(pa.int32()), VIDEO, True, "the frames actually sampled"),
     Column("run_id", pa.string(), STAMP, False, "the MLflow run that wrote the row"),
     Column("processed_at", pa.timestamp("us", tz="UTC"), STAMP, False, "when the row was made"),
+    Column("sampling", pa.string(), STAMP, False,
+           "how frames were chosen: uniform (segment centres) or keyframe"),
+    Column("num_segments", pa.int32(), STAMP, False, "frames sampled per video"),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 VIDEO_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if c.group == VIDEO)
-# what resume needs to know which videos a model version has already labelled
-KEY_COLUMNS = ("video_uri", "source_version", "model_name", "model_version")
+# what resume reads to know which videos already have a final verdict for these settings
+# (the model's name and version are the output's partition)
+KEY_COLUMNS = ("video_uri", "source_version", "sampling", "num_segments", "status", "error_kind")
+FINAL_KINDS: tuple[str, ...] = tuple(k.value for k in ErrorKind if k.final)
 EMBEDDING_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
 
@@ -150,11 +156,13 @@ def video_columns(measured: Sequence[Mapping[str, object] | None]) -> dict[str, 
 
 @dataclass(frozen=True)
 class RunStamp:
-    """What every row of one run carries: the model and the MLflow run."""
+    """What every row of one run carries: the model, the run, the settings that shape labels."""
 
     model_name: str
     model_version: str
     run_id: str
+    sampling: str
+    num_segments: int
 
 
 @dataclass(frozen=True)
@@ -212,6 +220,8 @@ def build_rows(
         "model_version": pa.array([stamp.model_version] * n, pa.string()),
         "run_id": pa.array([stamp.run_id] * n, pa.string()),
         "processed_at": pa.array([datetime.now(UTC)] * n, pa.timestamp("us", tz="UTC")),
+        "sampling": pa.array([stamp.sampling] * n, pa.string()),
+        "num_segments": pa.array([stamp.num_segments] * n, pa.int32()),
     }
     for col in VIDEO_COLUMNS:
         given = None if video is None else video.get(col.name)

@@ -167,11 +167,15 @@ def results_table(results: list[ClipResult], spec: DecodeSpec) -> pa.Table:
 
 
 def decode_batch(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
-    """Ray Data map_batches function: rows `uri, version, size` -> one result row each."""
+    """Ray Data map_batches function: listed inputs (`pipeline.listing.INPUT_SCHEMA`) -> one
+    result row each. An input the listing already found broken becomes its error row here,
+    without a decoder (at listing speed)."""
     results = []
-    for uri, version, size in zip(batch["uri"].to_pylist(), batch["version"].to_pylist(),
-                                  batch["size"].to_pylist(), strict=True):
-        obj = ObjectInfo(uri, size, version)
+    for row in batch.to_pylist():
+        obj = ObjectInfo(row["uri"], row["size"], row["version"])
+        if row["error_kind"] is not None:
+            results.append(_error(obj, ErrorKind(row["error_kind"]), row["error_message"]))
+            continue
         try:
             results.append(decode_bounded(obj, spec))
         except Exception as e:  # e.g. no child process could be started: still one row

@@ -1,67 +1,54 @@
-"""Running a label plan: decode on CPUs, label on model actors, write Parquet, record in MLflow.
+"""Running a label plan: decode on CPUs, label on model actors, write Parquet on the workers.
 
-    plan (pipeline.plan) -> Ray Data: [decode tasks] -> [model actor pool] -> driver: PartWriter
+    lease on OUT -> listing (driver thread, in chunks, minus what is done)
+      -> Ray Data: [read tasks] -> [decode tasks] -> [model actor pool] -> [part writers]
+      -> driver: counts and part names -> OUT/<model>/<version>/_runs/<run id>.json
 
-The driver consumes the stream with `iter_batches`, so the same loop writes
-the part files, counts outcomes and reports progress, and resume is exact:
-a video counts as done only once the part holding its row is committed.
-Each run is an MLflow run whose id is written into every row.
+The driver never holds the input list or a single output row: it lists,
+filters and counts. Rows are written by the workers in parts published
+whole, so resume is exact (a video is done once a committed part holds its
+final verdict), and a run that finishes writes its record last. Each run is
+an MLflow run whose id is written into every row.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from pipeline import resume
-from pipeline.contract import ErrorKind, RunStamp, Status, build_rows
+from pipeline.contract import RunStamp
 from pipeline.decode_stage import DecodeSpec, decode_batch
-from pipeline.errors import LabelError
+from pipeline.lease import GRACE_S, LeaseLost
 from pipeline.model_stage import ClipClassifier, ModelSpec
 from pipeline.plan import LabelPlan, plan_label
+from pipeline.progress import Progress, new_tally
 from pipeline.settings import LabelConfig
-from pipeline.sink import PartWriter
-from pipeline.stall import JobStalled, no_stall
-from pipeline.store import ObjectInfo
+from pipeline.sink import PartSpec, write_part
+from pipeline.source import Feed, FeedDatasource, FeedStats, todo
+from pipeline.stall import JobStalled, StallWatch, drain
 
 MiB = 1024 * 1024
+READERS = 2  # read tasks pulling listing chunks (they only cut chunks into blocks)
+WRITERS = 4  # part-writing tasks at once
 
 
-@dataclass
-class Progress:
-    """Where a running job stands (for a progress display)."""
-
-    total: int  # videos to label in this run (after skipping done ones)
-    skipped: int  # already labelled by an earlier run
-    done: int = 0
-    ok: int = 0
-    errors: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed_s(self) -> float:
-        return time.monotonic() - self.started
-
-    @property
-    def rate(self) -> float:
-        """Videos per second since labelling started."""
-        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+class RowsLost(RuntimeError):
+    """Fewer rows came back than videos went in (never expected: Ray Data maps one to one)."""
 
 
 @dataclass(frozen=True)
 class LabelSummary:
-    """What a run did, for the end-of-job screen and for MLflow."""
+    """What a run did, for the end-of-job screen, the run record and MLflow."""
 
     input: str
-    output: str
+    output: str  # the partition the rows went to
     model_uri: str
     model_name: str
     model_version: str
@@ -106,7 +93,7 @@ def _init_ray() -> bool:
 
     if ray.is_initialized():
         return False
-    # worker output (FFmpeg noise included) stays in Ray's log files, not the console
+    # worker output (FFmpeg noise, actor tracebacks) stays in Ray's log files, not the console
     ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     return True
 
@@ -121,32 +108,8 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
-def _check_gpus(config: LabelConfig) -> None:
-    """A local cluster without GPUs would wait forever for GPU actors; say so instead."""
-    import ray
-
-    if config.gpus_per_actor > 0 and not os.environ.get("RAY_ADDRESS"):
-        have = ray.cluster_resources().get("GPU", 0)
-        if have < config.gpus_per_actor:
-            raise LabelError(
-                f"--gpus-per-actor {config.gpus_per_actor:g} but this machine's Ray has "
-                f"{have:g} GPUs"
-            )
-
-
-def decode_tasks(todo: list[ObjectInfo], spec: DecodeSpec, config: LabelConfig):
-    """The CPU stage as a Dataset: one row per input, a uint8 clip or an error each."""
-    import ray.data
-
-    table = pa.table({
-        "uri": pa.array([o.uri for o in todo], pa.string()),
-        "version": pa.array([o.version for o in todo], pa.string()),
-        "size": pa.array([o.size for o in todo], pa.int64()),
-    })
-    # one block per decode task: Ray Data runs a block's rows in one task, so
-    # small blocks are what spreads decoding over all CPUs
-    n = config.videos_per_decode_task
-    ds = ray.data.from_arrow([table.slice(i, n) for i in range(0, table.num_rows, n)])
+def decode_tasks(ds, spec: DecodeSpec):
+    """The CPU stage: one row per input, a uint8 clip or an error each."""
     return ds.map_batches(
         decode_batch,
         fn_kwargs={"spec": spec},
@@ -160,7 +123,7 @@ def decode_tasks(todo: list[ObjectInfo], spec: DecodeSpec, config: LabelConfig):
 
 
 def model_actors(ds, spec: ModelSpec, config: LabelConfig):
-    """The model actor pool over a Dataset of decoded clips; yields output tables."""
+    """The model actor pool over decoded clips; yields output rows."""
     import ray.data
 
     use_gpu = config.gpus_per_actor > 0
@@ -176,13 +139,37 @@ def model_actors(ds, spec: ModelSpec, config: LabelConfig):
     )
 
 
+def part_writers(ds, spec: PartSpec, rows_per_part: int):
+    """Write tasks: one Parquet part per `rows_per_part` rows; yields one summary row each.
+
+    They reserve no CPU: writing a part is brief I/O, and a reservation would make
+    them wait behind the decode tasks, which hold every CPU until the input runs out
+    (so rows would pile up and no part be committed until the end).
+    """
+    return ds.map_batches(write_part, fn_kwargs={"spec": spec}, batch_size=rows_per_part,
+                          batch_format="pyarrow", num_cpus=0, concurrency=WRITERS)
+
+
 # ---------------------------------------------------------------------- MLflow
+def _fail_dead_runs(config: LabelConfig) -> None:
+    """MLflow runs of earlier jobs on this output still marked RUNNING were killed: the lease
+    is ours, so none of them is alive. Mark them FAILED."""
+    from registry.tracking import client, experiment_id
+
+    c = client()
+    quoted = config.output.replace("'", "\\'")
+    runs = c.search_runs([experiment_id(config.experiment)],
+                         f"tags.output = '{quoted}' and attributes.status = 'RUNNING'")
+    for run in runs:
+        c.set_terminated(run.info.run_id, "FAILED")
+
+
 def _start_run(plan: LabelPlan):
     from registry.tracking import TrackedRun
 
     config, ref = plan.config, plan.model
     run = TrackedRun(config.experiment, f"label {ref.name} v{ref.version}",
-                     tags={"output": config.output})
+                     tags={"output": config.output, "partition": plan.table.partition})
     run.log_params({
         "input": config.input,
         "output": config.output,
@@ -190,6 +177,7 @@ def _start_run(plan: LabelPlan):
         "model_name": ref.name,
         "model_version": ref.version,
         "num_segments": plan.model_config.num_segments,
+        "sampling": config.sampling,
         "top_k": config.top_k,
         "embeddings": config.embeddings,
         "embedding_dtype": config.embedding_dtype,
@@ -197,40 +185,100 @@ def _start_run(plan: LabelPlan):
         "actors": config.actors,
         "gpus_per_actor": config.gpus_per_actor,
         "input_kind": plan.listing.kind,
-        "inputs_listed": len(plan.listing.objects),
-        "inputs_skipped": plan.skipped,
     })
     return run
 
 
 # ---------------------------------------------------------------------- the job
-def _stream(plan: LabelPlan, stamp: RunStamp, writer: PartWriter, progress: Progress,
-            errors: Counter[str], on_progress: Callable[[Progress], None] | None) -> None:
-    """Run the Ray Data stream and write every row it returns (and, never expected, the lost)."""
-    import ray
+class _Run:
+    """The moving parts of one run, and the driver's bookkeeping."""
 
-    config = plan.config
-    decode_spec = DecodeSpec.from_settings(plan.model_config, config)
-    # the weights travel through Ray's object store, so actors on any node of a
-    # cluster can load them (the path is only on this machine)
-    weights = ray.put((Path(plan.model.path) / "model.safetensors").read_bytes())
-    model_spec = ModelSpec.from_settings(plan.model_config, weights, stamp, config)
-    ds = model_actors(decode_tasks(plan.todo, decode_spec, config), model_spec, config)
-    expected = {o.uri: o.version for o in plan.todo}
-    batches = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
-    for table in no_stall(batches, config.stall_timeout_s, "video finished"):
-        table = _first_time_only(table, expected)
-        _count(table, progress, errors)
-        writer.write(table)
-        if on_progress:
-            on_progress(progress)
-    if expected:  # never expected to happen: the stream lost rows
-        lost = build_rows(plan.schema, stamp, video_uri=list(expected),
-                          source_version=list(expected.values()),
-                          error_kind=[ErrorKind.LOST] * len(expected),
-                          error_message=["no result came back from the pipeline"] * len(expected))
-        _count(lost, progress, errors)
-        writer.write(lost)
+    def __init__(self, plan: LabelPlan, run_id: str, lease_id: str, progress: Progress,
+                 feed_stats: FeedStats):
+        self.plan, self.run_id, self.lease_id, self.progress = plan, run_id, lease_id, progress
+        self.feed_stats = feed_stats
+        self.parts: list[str] = []
+        self.errors: Counter[str] = Counter()
+        self.ok = 0
+        self.feed: Feed | None = None
+        self.tally = None
+
+    def stream(self, pending, lease, on_progress) -> None:
+        """Run the Ray Data stream over `pending` (the listing's chunks still to label)."""
+        import ray
+        import ray.data
+
+        plan, config, progress = self.plan, self.plan.config, self.progress
+        stamp = RunStamp(plan.model.name, plan.model.version, self.run_id, config.sampling,
+                         plan.model_config.num_segments)
+        # the weights travel through Ray's object store, so actors on any node of a
+        # cluster can load them (the path is only on this machine)
+        weights = ray.put((Path(plan.model.path) / "model.safetensors").read_bytes())
+        self.tally = new_tally()
+        model_spec = ModelSpec.from_settings(plan.model_config, weights, stamp, config,
+                                             self.tally)
+        part_spec = PartSpec(config.output, plan.table.partition, self.run_id, self.lease_id,
+                             plan.schema, config.sink.row_group_rows, config.sink.compression)
+        emb = plan.schema.field("embedding").type
+        rows_per_part = config.sink.rows_per_part(emb.list_size * emb.value_type.bit_width // 8)
+        self.feed = Feed(pending, self.feed_stats, READERS).start()
+        source = ray.data.read_datasource(
+            FeedDatasource(self.feed, config.videos_per_decode_task),
+            override_num_blocks=READERS)
+        ds = part_writers(
+            model_actors(decode_tasks(source, DecodeSpec.from_settings(plan.model_config,
+                                                                       config)),
+                         model_spec, config),
+            part_spec, rows_per_part)
+        progress.phase = "loading the model"
+        watch = StallWatch(config.stall_timeout_s, "video finished")
+
+        def tick() -> None:
+            self._read_tally()
+            watch.observe((progress.done, progress.written, progress.actors_ready))
+            watch.check()
+            lease.check()
+            self.feed.check()
+            if on_progress:
+                on_progress(progress)
+
+        batches = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
+        for summary in drain(batches, tick):
+            for row in summary.to_pylist():
+                if not row["part"]:  # fenced off: this run no longer holds the output
+                    lease.check()
+                    raise LeaseLost(f"the lease on {config.output} is no longer this run's")
+                self.parts.append(plan.table.store.join(plan.table.partition, row["part"]))
+                self.ok += row["ok"]
+                self.errors.update(json.loads(row["errors"]))
+                progress.written += row["rows"]
+        self.feed.check()
+        self._read_tally()
+        queued = self.feed_stats.queued
+        if progress.written < queued:
+            raise RowsLost(f"{queued - progress.written} of {queued} videos came back from the "
+                           "pipeline without a row; rerun to label them")
+
+    def _read_tally(self) -> None:
+        import ray
+
+        p = self.progress
+        p.listed, p.skipped = self.plan.listing.listed, self.feed_stats.skipped
+        p.listing_done = self.feed_stats.finished
+        if self.tally is None:
+            return
+        try:
+            ready, ok, errors = ray.get(self.tally.read.remote(), timeout=5)
+        except ray.exceptions.GetTimeoutError:
+            return  # a busy head node: next tick
+        p.actors_ready, p.ok, p.errors = ready, ok, sum(errors.values())
+        p.done = p.ok + p.errors
+        if ready and p.phase == "loading the model":
+            p.phase = "labelling"
+
+    def close(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
 
 
 def run_plan(
@@ -239,85 +287,101 @@ def run_plan(
     on_start: Callable[[Progress], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> LabelSummary:
-    """Label `plan.todo` into `plan.config.output`; returns the summary.
+    """Label the plan's inputs into its output partition; returns the summary.
 
-    A bad *video* never raises, it becomes an error row; JobStalled ends a
-    run that stops making progress (its committed parts are kept).
+    A bad *video* never raises, it becomes an error row. OutputBusy (another
+    run holds the output), JobStalled (no progress for the stall limit) and
+    LeaseLost end the run; its committed parts are kept, and a rerun resumes.
     """
+    import uuid
+
     started = time.monotonic()
-    config = plan.config
-    resume.clean_stale_staging(config.output)
-    run = _start_run(plan)
-    stamp = RunStamp(plan.model.name, plan.model.version, run.run_id)
-    writer = PartWriter(config.output, plan.schema, run.run_id, config.sink)
-    progress = Progress(total=len(plan.todo), skipped=plan.skipped)
-    errors: Counter[str] = Counter()
+    config, table = plan.config, plan.table
+    progress = Progress(phase="waiting for the output", actors=config.actors)
+    if on_start:
+        on_start(progress)
+    lease = table.store.lease(config.output, f"lease-{uuid.uuid4().hex[:12]}").acquire()
+    if lease.taken_from_dead:  # let the dead run's workers stop (see pipeline.lease.GRACE_S)
+        progress.phase = "waiting for a dead run's workers"
+        time.sleep(GRACE_S)
+    run = None
+    job: _Run | None = None
     started_ray = False
     try:
-        if on_start:
-            on_start(progress)
-        if plan.todo:
+        _fail_dead_runs(config)
+        progress.phase = "reading the output"
+        table.check_schema(plan.schema)
+        table.clean_staging()
+        feed_stats = FeedStats()
+        pending = todo(plan.inputs(), plan.done(), feed_stats)
+        progress.phase = "listing"
+        first = next(pending, None)  # nothing left to label: no Ray, no actors
+        run = _start_run(plan)
+        job = _Run(plan, run.run_id, lease.run_id, progress, feed_stats)
+        if first is None:
+            feed_stats.finished = True
+        else:
+            progress.phase = "starting Ray"
+            if on_progress:
+                on_progress(progress)
             started_ray = _init_ray()
             _quiet_ray_data()
-            _check_gpus(config)
-            _stream(plan, stamp, writer, progress, errors, on_progress)
-        writer.close()
+            job.stream(itertools.chain([first], pending), lease, on_progress)
+        progress.phase = "finishing"
+        summary = LabelSummary(
+            input=config.input, output=table.partition, model_uri=plan.model.uri,
+            model_name=plan.model.name, model_version=plan.model.version, run_id=run.run_id,
+            listed=plan.listing.listed, duplicates=plan.listing.duplicates,
+            invalid_rows=plan.listing.invalid_rows, skipped=feed_stats.skipped,
+            ok=job.ok, errors=dict(job.errors), wall_time_s=time.monotonic() - started,
+            parts=list(job.parts), tracking_uri=run.tracking_uri,
+        )
+        _record(plan, summary)
+        run.log_metrics(summary.metrics())
+        run.finish("FINISHED")
+        return summary
     except JobStalled as e:
-        writer.abort()
-        run.finish("FAILED")
+        if run is not None:
+            run.finish("FAILED")
+        parts = len(job.parts) if job else 0
         raise JobStalled(
             f"{e}: a model actor or decode task may be failing on every try (Ray's logs "
-            f"say why); {len(writer.parts)} parts were committed, rerun to resume"
-        ) from None
+            f"say why); {parts} parts were committed, rerun to resume") from None
     except BaseException:
-        writer.abort()
-        run.finish("FAILED")
+        if run is not None:
+            run.finish("FAILED")
         raise
     finally:
+        if job is not None:
+            job.close()
         if started_ray:
             import ray
 
             ray.shutdown()
-    summary = LabelSummary(
-        input=config.input,
-        output=config.output,
-        model_uri=plan.model.uri,
-        model_name=plan.model.name,
-        model_version=plan.model.version,
-        run_id=run.run_id,
-        listed=len(plan.listing.objects),
-        duplicates=plan.listing.duplicates,
-        invalid_rows=plan.listing.invalid_rows,
-        skipped=plan.skipped,
-        ok=progress.ok,
-        errors=dict(errors),
-        wall_time_s=time.monotonic() - started,
-        parts=list(writer.parts),
-        tracking_uri=run.tracking_uri,
-    )
-    run.log_metrics(summary.metrics())
-    run.finish("FINISHED")
-    return summary
+        lease.release()
+
+
+def _record(plan: LabelPlan, summary: LabelSummary) -> None:
+    """The run's record, written last: the marker downstream jobs wait for."""
+    config = plan.config
+    plan.table.write_run(summary.run_id, {
+        "run_id": summary.run_id,
+        "finished_at": datetime.now(UTC).isoformat(),
+        "input": config.input,
+        "model": {"uri": summary.model_uri, "name": summary.model_name,
+                  "version": summary.model_version, "arch": plan.model_config.arch},
+        "settings": {"sampling": config.sampling,
+                     "num_segments": plan.model_config.num_segments,
+                     "top_k": config.top_k, "embeddings": config.embeddings,
+                     "embedding_dtype": config.embedding_dtype},
+        "counts": {"listed": summary.listed, "skipped": summary.skipped, "ok": summary.ok,
+                   "errors": summary.errors, "duplicates": summary.duplicates,
+                   "invalid_rows": summary.invalid_rows},
+        "parts": [p.rsplit("/", 1)[-1] for p in summary.parts],
+        "wall_time_s": round(summary.wall_time_s, 3),
+    })
 
 
 def run_label(config: LabelConfig, **callbacks) -> LabelSummary:
-    """Plan and run: label every video of `config.input` not yet in `config.output`."""
+    """Plan and run: label every video of `config.input` not yet done in `config.output`."""
     return run_plan(plan_label(config), **callbacks)
-
-
-def _first_time_only(table: pa.Table, expected: dict[str, str]) -> pa.Table:
-    """Rows for videos still expected (each removed as it is seen): never a video twice."""
-    uris = table["video_uri"].to_pylist()
-    keep = [expected.pop(u, None) is not None for u in uris]
-    return table if all(keep) else table.filter(pa.array(keep))
-
-
-def _count(table: pa.Table, progress: Progress, errors: Counter[str]) -> None:
-    ok = pc.equal(table["status"], Status.OK.value)
-    n_ok = pc.sum(ok).as_py() or 0
-    progress.ok += n_ok
-    progress.errors += table.num_rows - n_ok
-    progress.done += table.num_rows
-    if table.num_rows > n_ok:
-        kinds = table.filter(pc.invert(ok))["error_kind"].to_pylist()
-        errors.update(k or "unknown" for k in kinds)

@@ -11,6 +11,7 @@ still labelled.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +45,11 @@ class ModelSpec:
     use_gpu: bool
     bf16: bool  # autocast on GPU; ignored on CPU
     torch_threads: int | None  # intra-op threads on CPU; None = torch's default
+    tally: Any = None  # the run's pipeline.progress.Tally actor: each batch's outcome goes there
 
     @classmethod
-    def from_settings(cls, model_config, weights, stamp: RunStamp, config) -> ModelSpec:
+    def from_settings(cls, model_config, weights, stamp: RunStamp, config,
+                      tally=None) -> ModelSpec:
         """From the model's config, its weights, the run's stamp and the job's `LabelConfig`."""
         use_gpu = config.gpus_per_actor > 0
         threads = config.torch_threads
@@ -55,7 +58,7 @@ class ModelSpec:
             # spinning OpenMP threads would steal them; scale out with more actors instead
             threads = max(1, round(config.cpus_per_actor or 1))
         return cls(model_config, weights, stamp, config.top_k, config.embeddings,
-                   config.embedding_dtype, use_gpu, config.bf16, threads)
+                   config.embedding_dtype, use_gpu, config.bf16, threads, tally)
 
 
 @dataclass
@@ -91,6 +94,8 @@ class ClipClassifier:
         self.class_names = list(config.class_names)
         self.k = min(spec.top_k, config.num_classes)
         self.schema = output_schema(self.model.feature_dim, spec.embedding_dtype)
+        if spec.tally is not None:
+            spec.tally.actor_ready.remote()
 
     # -------------------------------------------------------------- the forward pass
     def _forward(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +162,9 @@ class ClipClassifier:
             for j, i in enumerate(rows):
                 if not labels.ok[j]:
                     kinds[i], messages[i] = ErrorKind.MODEL_ERROR, labels.messages[j]
+        if self.spec.tally is not None:  # for the driver's progress display and stall guard
+            failed = Counter(k for k in kinds if k is not None)
+            self.spec.tally.add.remote(n - sum(failed.values()), dict(failed))
         return build_rows(
             self.schema,
             self.spec.stamp,

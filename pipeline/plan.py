@@ -1,66 +1,82 @@
-"""Planning a label run: resolve the model, list the inputs, skip what the output holds.
+"""Planning a label run: resolve and check the model, open the input, check the output.
 
     plan = plan_label(config)   # reads only: nothing is started or written
-    print(plan.describe())      # what `tsm label --dry-run` shows
-    summary = run_plan(plan)    # pipeline.job: Ray, the stream, the Parquet parts
+    print(plan.describe())      # what `tsm label --dry-run` shows (reads the whole listing)
+    summary = run_plan(plan)    # pipeline.job: the lease, Ray, the parts, the run record
 
-Every problem with the settings, the model, the input or the output is found
-here and raised as a one-line `LabelError`, before anything runs.
+Every problem with the settings, the model, the input or the output that can
+be found before anything runs is found here and raised as a one-line
+`LabelError`: a model whose weights do not load, an input that does not
+exist or lists no video, an output that is a file. The inputs themselves
+stream: the plan holds the listing's first chunk and the rest of it, lazily.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from pipeline import resume
 from pipeline.contract import output_schema
 from pipeline.errors import LabelError, one_line
-from pipeline.listing import Listing, list_inputs
+from pipeline.keys import KeySet
+from pipeline.listing import ListingStats, iter_inputs
 from pipeline.settings import LabelConfig
-from pipeline.store import ObjectInfo
+from pipeline.source import FeedStats, todo
+from pipeline.table import OutputTable
 
 
-@dataclass(frozen=True)
+@dataclass
 class LabelPlan:
-    """What a run will do: the model, the inputs, which of them are already done."""
+    """What a run will do: the model, the output partition, the input stream (used once)."""
 
     config: LabelConfig
     model: Any  # registry.versions.ModelRef: the model's name, version and local files
     model_config: Any  # tsm_model.TSMConfig, with the run's num_segments
-    listing: Listing
-    todo: list[ObjectInfo]
+    table: OutputTable
     schema: pa.Schema
+    listing: ListingStats
+    _chunks: Iterator[pa.Table]
 
-    @property
-    def skipped(self) -> int:
-        return len(self.listing.objects) - len(self.todo)
+    def inputs(self) -> Iterator[pa.Table]:
+        """The listing's chunks (this plan's one pass over them)."""
+        return self._chunks
+
+    def done(self) -> KeySet:
+        """The videos the output already holds a final verdict for, with these settings."""
+        return self.table.done(self.config.sampling, self.model_config.num_segments)
 
     def describe(self) -> dict[str, object]:
-        """The plan as plain values (what `--dry-run` prints)."""
+        """The plan as plain values, counting the whole listing (what `--dry-run` prints)."""
+        feed = FeedStats()
+        to_label = sum(chunk.num_rows for chunk in todo(self.inputs(), self.done(), feed))
         mc = self.model_config
         return {
             "input": self.config.input,
             "input_kind": self.listing.kind,
-            "videos_listed": len(self.listing.objects),
+            "videos_listed": self.listing.listed,
             "duplicates_dropped": self.listing.duplicates,
             "invalid_rows": self.listing.invalid_rows,
-            "already_done": self.skipped,
-            "to_label": len(self.todo),
-            "output": self.config.output,
+            "already_done": feed.skipped,
+            "to_label": to_label,
+            "output": self.table.partition,
             "model_uri": self.model.uri,
             "model_name": self.model.name,
             "model_version": self.model.version,
             "arch": mc.arch,
             "num_segments": mc.num_segments,
+            "sampling": self.config.sampling,
             "input_size": mc.input_size,
             "embedding_dim": self.schema.field("embedding").type.list_size,
         }
 
 
 def _resolve_model(config: LabelConfig):
+    """The model's files and config; its weights are loaded once here, so a bad file is
+    one line now rather than a crashing actor later."""
     import tsm_model
     from registry.versions import ModelNotFoundError, resolve_model
 
@@ -70,32 +86,43 @@ def _resolve_model(config: LabelConfig):
         raise LabelError(str(e)) from None
     except Exception as e:
         raise LabelError(f"cannot resolve model {config.model}: {one_line(e)}") from None
+    overrides = {} if config.num_segments is None else {"num_segments": config.num_segments}
     try:
-        model_config = tsm_model.load_config(ref.path)
-        if config.num_segments is not None:
-            model_config = model_config.replace(num_segments=config.num_segments)
-    except (ValueError, OSError) as e:
+        model = tsm_model.load(ref.path, **overrides)
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         raise LabelError(f"model {config.model}: {one_line(e)}") from None
-    return ref, model_config
+    return ref, model.config
 
 
-def _list(config: LabelConfig) -> Listing:
-    try:
-        return list_inputs(config.input)
-    except LabelError:
-        raise
-    except Exception as e:  # credentials, endpoint, permissions
-        raise LabelError(f"cannot list {config.input}: {one_line(e)}") from None
+def _check_gpus(config: LabelConfig) -> None:
+    """A local Ray without GPUs would wait forever for GPU actors; say so instead (a
+    cluster, `RAY_ADDRESS`, may add GPU nodes as the actors ask for them)."""
+    import os
+
+    import torch
+
+    if config.gpus_per_actor > 0 and not os.environ.get("RAY_ADDRESS"):
+        have = torch.cuda.device_count()
+        if have < config.gpus_per_actor:
+            raise LabelError(f"--gpus-per-actor {config.gpus_per_actor:g} but this machine "
+                             f"has {have} GPUs")
 
 
 def plan_label(config: LabelConfig) -> LabelPlan:
-    """Resolve, list and filter; raises LabelError (one line) for any bad setting or input."""
+    """Resolve the model, open the input, check the output; LabelError (one line) if any fails."""
     import tsm_model
 
+    _check_gpus(config)
     ref, model_config = _resolve_model(config)
-    listing = _list(config)
+    stats = ListingStats()
+    chunks = iter_inputs(config.input, stats)
+    try:  # the first chunk now: an input that does not exist or holds no video fails here
+        first = next(chunks)
+    except StopIteration:  # unreachable: an empty listing raises ListingError
+        first = None
+    table = OutputTable(config.output, ref.name, ref.version)
+    table.check_root()
     schema = output_schema(tsm_model.FEATURE_DIMS[model_config.arch], config.embedding_dtype)
-    resume.check_schema(config.output, schema)
-    done = resume.done_keys(config.output, ref.name, ref.version)
-    todo = [o for o in listing.objects if (o.uri, o.version) not in done]
-    return LabelPlan(config, ref, model_config, listing, todo, schema)
+    head = [first] if first is not None else []
+    return LabelPlan(config, ref, model_config, table, schema, stats,
+                     itertools.chain(head, chunks))

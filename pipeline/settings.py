@@ -16,6 +16,7 @@ from pipeline.errors import check
 from pipeline.sink import SinkConfig
 
 EXPERIMENT = "tsm-label"
+SAMPLINGS = ("uniform",)
 MAX_DECODE_TIMEOUT_S = 24 * 3600
 MAX_STALL_TIMEOUT_S = 7 * 24 * 3600
 # each decode task reserves memory for ~3 copies of an object read whole
@@ -30,6 +31,7 @@ class LabelConfig:
     output: str
     model: str
     num_segments: int | None = None  # None: the model's own
+    sampling: str = "uniform"  # which frame of each segment: its centre
     top_k: int = 5
     embeddings: bool = True
     embedding_dtype: str = "float32"
@@ -57,6 +59,8 @@ class LabelConfig:
         check(bool(self.output.strip()), "output is empty")
         check(bool(self.model.strip()), "model is empty")
         check(seg is None or seg >= 1, f"segments must be >= 1, got {seg}")
+        check(self.sampling in SAMPLINGS,
+              f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
         check(self.top_k >= 1, f"top-k must be >= 1, got {self.top_k}")
         check(self.embedding_dtype in EMBEDDING_DTYPES,
               f"embedding dtype must be float32 or float16, got {self.embedding_dtype!r}")

@@ -172,3 +172,28 @@ def video_corpus(tmp_path_factory) -> dict[str, Path]:
     out["cut.mp4"] = videos.make_cut(root / "cut.mp4")
     out["audio.mp4"] = videos.make_audio_only(root / "audio.mp4")
     return out
+
+
+def output_parts(root: str) -> list[str]:
+    """Every committed part file under an output (all model partitions)."""
+    from pipeline.store import store_for
+
+    store = store_for(root)
+    if store.kind(root) == "missing":
+        return []
+    return sorted(o.uri for o in store.list(root, suffixes=(".parquet",))
+                  if o.uri.rsplit("/", 1)[-1].startswith("part-"))
+
+
+def output_rows(root: str):
+    """Every committed row under an output, as one Arrow table (None if there is none)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.store import store_for
+
+    tables = []
+    for uri in output_parts(root):
+        with store_for(uri).open_input(uri) as f:
+            tables.append(pq.read_table(f))
+    return pa.concat_tables(tables) if tables else None

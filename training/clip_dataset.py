@@ -52,20 +52,20 @@ def read_labelled_manifest(path: str | Path) -> list[tuple[str, str]]:
     from pipeline.listing import Manifest
 
     uri = str(path)
+    rows: list[tuple[str, str]] = []
     try:
-        manifest = Manifest.read(uri, text_columns=("label",))
+        manifest = Manifest(uri, text_columns=("label",))
+        for batch in manifest.batches():
+            labels = manifest.column(batch, "label")
+            if labels is None or manifest.column(batch, "uri") is None:
+                raise ValueError(f"{uri}: a labelled manifest needs columns uri and label; it "
+                                 f"has {', '.join(batch.schema.names) or 'none'}")
+            for u, label in zip(manifest.uris(batch), labels, strict=True):
+                if not u or not label:
+                    raise ValueError(f"{uri}: row {len(rows) + 2} has an empty uri or label")
+                rows.append((u, label))
     except LabelError as e:
         raise ValueError(str(e)) from None
-    labels = manifest.column("label")
-    if labels is None or manifest.column("uri") is None:
-        raise ValueError(f"{uri}: a labelled manifest needs columns uri and label; it has "
-                         f"{', '.join(manifest.table.column_names) or 'none'}")
-    uris = manifest.uris()
-    rows = []
-    for n, (u, label) in enumerate(zip(uris, labels, strict=True), start=2):
-        if not u or not label:
-            raise ValueError(f"{uri}: row {n} has an empty uri or label")
-        rows.append((u, label))
     return rows
 
 

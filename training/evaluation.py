@@ -42,16 +42,16 @@ def read_predictions(output: str, model_name: str, model_version: str) -> dict[s
     """uri -> latest output row of this model version (status, top-k labels/scores, error)."""
     import pyarrow.parquet as pq
 
-    from pipeline import resume
-    from pipeline.store import store_for
+    from pipeline.table import OutputTable
 
     cols = ["video_uri", "status", "error_kind", "model_name", "model_version", "top_k_labels",
             "top_k_scores", "processed_at"]
     rows: dict[str, dict] = {}
-    for part in resume.committed_parts(output):
-        with store_for(part.uri).open_input(part.uri, size=part.size) as f:
-            table = pq.read_table(f, columns=cols)
-        for row in table.to_pylist():
+    out = OutputTable(output, model_name, model_version)
+    for part in out.parts():
+        with out.store.open_input(part.uri, size=part.size) as f:
+            rows_of_part = pq.read_table(f, columns=cols).to_pylist()
+        for row in rows_of_part:
             if (row["model_name"], row["model_version"]) != (model_name, model_version):
                 continue
             seen = rows.get(row["video_uri"])

@@ -114,6 +114,10 @@ class Store(ABC):
     def clean_staging(self, folder: str, pattern: str) -> int:
         """Remove scratch files matching `pattern` that a killed writer left in `folder`."""
 
+    @abstractmethod
+    def lease(self, folder: str, run_id: str):
+        """The one-writer lease on `folder` for `run_id` (`pipeline.lease`), not yet acquired."""
+
 
 def wanted(name: str, suffixes: tuple[str, ...] | None) -> bool:
     """The listing rule shared by every store: no hidden files, optional suffix filter."""

@@ -76,12 +76,19 @@ class LocalStore(Store):
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         os.close(fd)
+        # mkstemp makes 0600 files; outputs are shared (other users, other tools): 0644
+        os.chmod(name, 0o644)
         return Path(name)
 
     def publish(self, local: Path, uri: str) -> None:
         dest = local_path(uri)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(local, dest)
+
+    def lease(self, folder: str, run_id: str):
+        from pipeline.lease import FlockLease
+
+        return FlockLease(folder, run_id, str(local_path(folder) / ".lock"))
 
     def clean_staging(self, folder: str, pattern: str) -> int:
         root = local_path(folder)

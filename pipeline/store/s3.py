@@ -257,3 +257,9 @@ class S3Store(Store):
 
     def clean_staging(self, folder: str, pattern: str) -> int:
         return 0  # nothing is ever half-written on S3
+
+    def lease(self, folder: str, run_id: str):
+        from pipeline.lease import ConditionalPutLease
+
+        bucket, key = split_s3(self.join(folder, "_lock.json"))
+        return ConditionalPutLease(folder, run_id, bucket, key)

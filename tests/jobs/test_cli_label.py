@@ -75,6 +75,19 @@ def test_a_run_prints_the_summary(runner, tmp_path, video_corpus, tiny_model):
 
 
 @pytest.mark.usefixtures("mlflow_store")
+def test_a_second_run_on_a_busy_output_is_one_line(runner, tmp_path, video_corpus, tiny_model):
+    from pipeline.store import store_for
+
+    out = str(tmp_path / "out")
+    with store_for(out).lease(out, "run-in-progress"):  # a live run holds the output
+        result = runner.invoke(app, ["label", str(video_corpus["h264"]), "-o", out,
+                                     "-m", str(tiny_model), "--no-progress"])
+    assert result.exit_code == 2
+    (line,) = _lines(result.output)
+    assert line.startswith(f"error: output {out} is being written by run run-in-progress")
+
+
+@pytest.mark.usefixtures("mlflow_store")
 def test_dry_run_prints_the_plan_and_writes_nothing(runner, tmp_path, video_corpus, tiny_model):
     import json
     import shutil

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
+from conftest import output_rows
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import tsm_model
 from jobs import demo
 from jobs.cli import app
-from pipeline import resume
-from pipeline.store import store_for
 from pipeline.transforms import normalize, resize_crop
 from registry import versions as registry
 from training.synthetic import VideoSpec, render
@@ -52,8 +49,7 @@ def test_demo_end_to_end_and_idempotent(store):
     res = CliRunner().invoke(app, ["demo", "--workdir", str(store / "demo"), "--videos", "10"])
     assert res.exit_code == 0, res.output
     assert "accuracy on 10 videos" in res.output
-    rows = [r for p in resume.committed_parts(str(store / "demo" / "labels"))
-            for r in pq.read_table(pa.BufferReader(store_for(p.uri).read_bytes(p.uri))).to_pylist()]
+    rows = output_rows(str(store / "demo" / "labels")).to_pylist()
     assert len(rows) == 10 and all(r["status"] == "ok" for r in rows)
     assert {r["model_version"] for r in rows} == {"1"}
     assert registry.alias_version(demo.MODEL_NAME, demo.ALIAS).version == "1"

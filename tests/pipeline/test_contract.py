@@ -32,7 +32,8 @@ def test_ok_and_error_rows_from_one_builder():
                             "width": 8, "height": 6, "frame_indices": [0, 2]}])
     preds = Predictions(np.array([[1, 0], [0, 1], [0, 1]]), np.array([[0.7, 0.3]] * 3),
                         ["a", "b"], np.ones((3, 4)))
-    table = build_rows(schema, RunStamp("m", "3", "run"), video_uri=["u0", "u1", "u2"],
+    table = build_rows(schema, RunStamp("m", "3", "run", "uniform", 2),
+                       video_uri=["u0", "u1", "u2"],
                        source_version=["v0", "v1", "v2"],
                        error_kind=[None, ErrorKind.CORRUPT, "model_error"],
                        error_message=["ignored for ok rows", "bad", "nan"], video=video,
@@ -52,17 +53,18 @@ def test_ok_and_error_rows_from_one_builder():
 
 
 def test_rows_without_predictions_or_video():
-    table = build_rows(output_schema(2, "float16"), RunStamp("m", "1", "r"),
-                       video_uri=["u"], source_version=[""], error_kind=[ErrorKind.LOST],
-                       error_message=["no result"])
+    table = build_rows(output_schema(2, "float16"), RunStamp("m", "1", "r", "keyframe", 8),
+                       video_uri=["u"], source_version=[""], error_kind=[ErrorKind.MISSING],
+                       error_message=["gone"])
     row = table.to_pylist()[0]
-    assert row["error_kind"] == "lost" and row["width"] is None
+    assert row["error_kind"] == "missing" and row["width"] is None
+    assert (row["sampling"], row["num_segments"]) == ("keyframe", 8)
     assert table.schema.field("embedding").type == pa.list_(pa.float16(), 2)
 
 
 def test_an_unknown_error_kind_is_refused():
     with pytest.raises(ValueError, match="boom"):
-        build_rows(output_schema(2), RunStamp("m", "1", "r"), video_uri=["u"],
+        build_rows(output_schema(2), RunStamp("m", "1", "r", "uniform", 8), video_uri=["u"],
                    source_version=[""], error_kind=["boom"], error_message=["x"])
 
 

@@ -13,6 +13,7 @@ from conftest import BROKEN
 
 from pipeline.contract import VIDEO_COLUMNS, ErrorKind
 from pipeline.decode_stage import DecodeSpec, decode_batch, decode_bounded
+from pipeline.listing import INPUT_SCHEMA
 from pipeline.store import ObjectInfo, store_for
 from pipeline.store.s3 import s3_client
 
@@ -47,9 +48,14 @@ def test_every_bad_input_is_one_error_result(video_corpus, tmp_path):
 def test_batch_has_one_row_per_input_with_nulls_for_errors(video_corpus):
     paths = [video_corpus["h264"], video_corpus["text.mp4"], video_corpus["vp9"]]
     infos = [obj(p) for p in paths]
-    batch = pa.table({"uri": [o.uri for o in infos], "version": [o.version for o in infos],
-                      "size": [o.size for o in infos]})
-    out = decode_batch(batch, SPEC)
+    batch = pa.table({"uri": [o.uri for o in infos] + ["/gone.mp4"],
+                      "version": [o.version for o in infos] + [""],
+                      "size": [o.size for o in infos] + [-1],
+                      "error_kind": [None, None, None, "missing"],
+                      "error_message": [None, None, None, "not there at listing"]},
+                     schema=INPUT_SCHEMA)
+    out = decode_batch(batch, SPEC).slice(0, 3)
+    assert decode_batch(batch, SPEC)["error_message"].to_pylist()[3] == "not there at listing"
     assert out["video_uri"].to_pylist() == [str(p) for p in paths]
     assert out["error_kind"].to_pylist() == [None, "corrupt", None]
     clips = out["clip"].combine_chunks().to_numpy()

@@ -31,7 +31,7 @@ def _batch(n_ok: int, n_err: int, t: int = 4) -> pa.Table:
 def _spec(tiny_model, **changes) -> ModelSpec:
     weights = (tiny_model / "model.safetensors").read_bytes()
     fields = dict(model_config=tsm_model.load_config(tiny_model), weights=weights,
-                  stamp=RunStamp("tiny", "7", "r1"), top_k=3, embeddings=True,
+                  stamp=RunStamp("tiny", "7", "r1", "uniform", 4), top_k=3, embeddings=True,
                   embedding_dtype="float32", use_gpu=False, bf16=False, torch_threads=1)
     return ModelSpec(**{**fields, **changes})
 
@@ -90,7 +90,7 @@ def test_the_spec_is_made_from_the_job_settings(tiny_model):
 
     cfg = LabelConfig(input="in", output="out", model="m", top_k=2, bf16=True)
     spec = ModelSpec.from_settings(tsm_model.load_config(tiny_model), b"w",
-                                   RunStamp("a", "1", "r"), cfg)
+                                   RunStamp("a", "1", "r", "uniform", 4), cfg)
     assert (spec.top_k, spec.bf16, spec.use_gpu, spec.torch_threads) == (2, True, False, 1)
     gpu = ModelSpec.from_settings(spec.model_config, b"w", spec.stamp,
                                   LabelConfig(input="i", output="o", model="m", gpus_per_actor=1))

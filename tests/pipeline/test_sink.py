@@ -1,91 +1,127 @@
-"""Part files (rolled, published whole) and what resume reads back from them."""
+"""Parts written by the workers (published whole, named by content) and the output table."""
 
 from __future__ import annotations
+
+import json
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import resume
 from pipeline.contract import COLUMN_NAMES, RunStamp, build_rows, output_schema
 from pipeline.errors import LabelError
-from pipeline.sink import PartWriter, SinkConfig
+from pipeline.keys import hash_keys
+from pipeline.sink import PartSpec, SinkConfig, part_name, write_part
+from pipeline.table import OutputError, OutputTable
 
 SCHEMA = output_schema(8)
 
 
-def rows(n: int, start: int = 0, version: str = "m1") -> pa.Table:
+def rows(n: int, start: int = 0, kind: str | None = "corrupt", sampling: str = "uniform",
+         version_of=lambda i: f"e{i}") -> pa.Table:
     uris = [f"s3://b/v{i}.mp4" for i in range(start, start + n)]
-    return build_rows(SCHEMA, RunStamp("m", version, "run1"), video_uri=uris,
-                      source_version=[f"e{i}" for i in range(start, start + n)],
-                      error_kind=["corrupt"] * n, error_message=["bad"] * n)
+    return build_rows(SCHEMA, RunStamp("m", "1", "run1", sampling, 8), video_uri=uris,
+                      source_version=[version_of(i) for i in range(start, start + n)],
+                      error_kind=[kind] * n, error_message=["bad"] * n)
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_parts_roll_by_rows_and_resume_reads_them_back(where, tmp_path, request):
-    if where == "s3":
-        out = f"s3://{request.getfixturevalue('bucket')}/labels/"
+def spec_for(table: OutputTable, schema=SCHEMA, lease_id: str = "lease-1") -> PartSpec:
+    return PartSpec(table.root, table.partition, "run1", lease_id, schema, row_group_rows=4,
+                    compression="zstd")
+
+
+def write(table: OutputTable, batch: pa.Table) -> dict:
+    return write_part(batch, spec_for(table)).to_pylist()[0]
+
+
+@pytest.fixture(params=["local", "s3"])
+def table(request, tmp_path):
+    if request.param == "s3":
+        root = f"s3://{request.getfixturevalue('bucket')}/labels/"
     else:
-        out = str(tmp_path / "labels")
-    writer = PartWriter(out, SCHEMA, "run1", SinkConfig(max_rows=10, row_group_rows=4))
-    for start in range(0, 25, 5):
-        writer.write(rows(5, start))
-    assert len(writer.parts) == 2  # 10 + 10 committed, 5 still open
-    # resume sees only what was committed
-    assert len(resume.done_keys(out, "m", "m1")) == 20
-    writer.close()
-    assert len(writer.parts) == 3
-    done = resume.done_keys(out, "m", "m1")
-    assert done == {(f"s3://b/v{i}.mp4", f"e{i}") for i in range(25)}
-    assert resume.done_keys(out, "m", "other-version") == set()
-    # the same version number of another model has labelled nothing here
-    assert resume.done_keys(out, "another-model", "m1") == set()
-    parts = resume.committed_parts(out)
-    assert [p.uri for p in parts] == writer.parts
-    if where == "local":
-        # plain Parquet that pyarrow.dataset reads as one table (embedding included)
-        table = pads.dataset(out).to_table()
-        assert table.num_rows == 25 and table.column_names == list(COLUMN_NAMES)
-        assert table.schema.field("embedding").type == pa.list_(pa.float32(), 8)
-        # row groups gather incoming batches (5 rows each here) up to row_group_rows
-        assert pq.ParquetFile(writer.parts[0]).metadata.num_row_groups == 2
+        root = str(tmp_path / "labels")
+    t = OutputTable(root, "tsm model", "3")
+    with t.store.lease(root, "lease-1"):  # writers publish only under their run's lease
+        yield t
 
 
-def test_killed_writer_leaves_only_committed_parts_and_temp_is_cleaned(tmp_path):
-    out = tmp_path / "labels"
-    writer = PartWriter(str(out), SCHEMA, "run1", SinkConfig(max_rows=10, row_group_rows=2))
-    writer.write(rows(10))  # one part committed
-    writer.write(rows(2, 10))  # 2 rows in an open temp file
-    temps = list(out.glob(".part-*.tmp"))
-    assert len(temps) == 1  # hidden, not *.parquet: readers and resume skip it
-    assert len(resume.done_keys(str(out), "m", "m1")) == 10
-    assert pads.dataset(str(out)).count_rows() == 10
-    # the process dies here (no close); the next run cleans the leftover up
-    assert resume.clean_stale_staging(str(out)) == 1
-    assert not list(out.glob(".part-*"))
-    writer.abort()
+def test_a_part_is_published_whole_and_summarised(table):
+    summary = write(table, pa.concat_tables([rows(2, kind=None), rows(3, start=2)]))
+    assert (summary["rows"], summary["ok"], json.loads(summary["errors"])) == (
+        5, 2, {"corrupt": 3})
+    (part,) = table.parts()
+    assert part.uri.endswith(summary["part"]) and "/tsm%20model/3/" in part.uri
+    with table.store.open_input(part.uri) as f:
+        got = pq.read_table(f)
+    assert got.num_rows == 5 and got.column_names == list(COLUMN_NAMES)
+    assert pq.ParquetFile(table.store.open_input(part.uri)).metadata.num_row_groups == 2
 
 
-def test_schema_mismatch_is_refused(tmp_path):
-    out = str(tmp_path / "labels")
-    w = PartWriter(out, SCHEMA, "run1", SinkConfig())
-    w.write(rows(3))
-    w.close()
-    resume.check_schema(out, SCHEMA)  # same: fine
-    with pytest.raises(resume.ResumeError, match="embedding"):
-        resume.check_schema(out, output_schema(8, "float16"))
-    with pytest.raises(resume.ResumeError, match="embedding"):
-        resume.check_schema(out, output_schema(16))
+def test_the_same_rows_make_the_same_part_so_a_retried_task_does_not_duplicate(table):
+    batch = rows(4)
+    first, again = write(table, batch), write(table, batch)
+    assert first["part"] == again["part"] and len(table.parts()) == 1
+    assert write(table, rows(4, start=4))["part"] != first["part"]
+    assert part_name("r", ["a", "b"]) != part_name("r", ["b", "a"])
 
 
-def test_output_that_is_a_file_is_refused(tmp_path):
+def test_done_keys_are_final_verdicts_for_these_settings(table):
+    write(table, rows(2, start=0, kind=None))  # labelled: done
+    write(table, rows(2, start=2, kind="corrupt"))  # the video's own fault: done
+    write(table, rows(2, start=4, kind="read_error"))  # the store's: tried again
+    write(table, rows(2, start=6, kind=None, sampling="keyframe"))  # other settings
+    done = table.done("uniform", 8)
+    keys = hash_keys([f"s3://b/v{i}.mp4" for i in range(8)], [f"e{i}" for i in range(8)])
+    assert done.known(keys).tolist() == [True] * 4 + [False] * 4
+    assert table.done("uniform", 4).known(keys).tolist() == [False] * 8
+    # a new version of the object is a new input
+    assert not table.done("uniform", 8).known(hash_keys(["s3://b/v0.mp4"], ["e0-new"]))[0]
+
+
+def test_schema_check_reads_every_part(table):
+    write(table, rows(2))
+    other = output_schema(8, "float16")
+    write_part(rows(2, start=5).cast(other), spec_for(table, other))  # another schema
+    with pytest.raises(OutputError, match="embedding"):
+        table.check_schema(SCHEMA)
+
+
+def test_a_writer_whose_run_lost_the_lease_publishes_nothing(table):
+    assert write(table, rows(2))["rows"] == 2
+    fenced = write_part(rows(2, start=2), spec_for(table, lease_id="lease-of-a-dead-run"))
+    assert fenced.to_pylist()[0] == {"part": "", "rows": 0, "ok": 0, "errors": "{}"}
+    assert len(table.parts()) == 1
+
+
+def test_staging_leftovers_are_cleaned_and_never_read(tmp_path):
+    table = OutputTable(str(tmp_path / "labels"), "m", "1")
+    with table.store.lease(table.root, "lease-1"):
+        write(table, rows(2))
+    staged = table.store.staging_path(table.store.join(table.partition, "part-x-1.parquet"))
+    staged.write_bytes(b"half a parquet file")  # what a killed writer leaves
+    assert len(table.parts()) == 1 and pads.dataset(table.partition).count_rows() == 2
+    assert oct(staged.stat().st_mode & 0o777) == "0o644"  # readable by the other users
+    assert table.clean_staging() == 1 and not staged.exists()
+
+
+def test_run_records_and_an_output_that_is_a_file(tmp_path):
+    table = OutputTable(str(tmp_path / "labels"), "m", "1")
+    assert table.runs() == []
+    table.write_run("r1", {"run_id": "r1", "finished_at": "2026-01-01T00:00:00"})
+    table.write_run("r2", {"run_id": "r2", "finished_at": "2026-01-02T00:00:00"})
+    assert [r["run_id"] for r in table.runs()] == ["r1", "r2"]
     (tmp_path / "f").write_text("x")
-    with pytest.raises(resume.ResumeError, match="not a directory"):
-        resume.done_keys(str(tmp_path / "f"), "m", "m1")
+    with pytest.raises(OutputError, match="not a directory"):
+        OutputTable(str(tmp_path / "f"), "m", "1").check_root()
 
 
-@pytest.mark.parametrize("field", ["max_rows", "max_bytes", "max_seconds", "row_group_rows"])
+def test_part_size_follows_rows_and_bytes():
+    assert SinkConfig(max_rows=100).rows_per_part(embedding_bytes=4 * 512) == 100
+    assert SinkConfig(max_bytes=1 << 20).rows_per_part(embedding_bytes=8192 - 512) == 128
+
+
+@pytest.mark.parametrize("field", ["max_rows", "max_bytes", "row_group_rows"])
 def test_sink_settings_are_validated(field):
     with pytest.raises(LabelError, match=">= 1"):
         SinkConfig(**{field: 0})

@@ -1,4 +1,4 @@
-"""The stall limit on the label job's output stream."""
+"""The driver's watch over the job's stream: ticks while waiting, a stall limit, a clean stop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.stall import JobStalled, no_stall
+from pipeline.stall import JobStalled, StallWatch, drain
 
 
 def slow(items, delays):
@@ -17,15 +17,35 @@ def slow(items, delays):
 
 
 def test_items_pass_through_in_order():
-    assert list(no_stall(iter(range(50)), timeout_s=5)) == list(range(50))
+    assert list(drain(iter(range(50)), on_tick=lambda: None)) == list(range(50))
 
 
-def test_a_step_over_the_limit_ends_the_stream():
+def test_ticks_come_while_waiting_and_after_each_item():
+    ticks = []
+    got = list(drain(slow("ab", [0, 0.55]), on_tick=lambda: ticks.append(time.monotonic()),
+                     tick_s=0.1))
+    assert got == ["a", "b"] and len(ticks) >= 5  # 2 items + waits of 0.1 s over 0.55 s
+
+
+def test_a_watch_that_sees_no_change_stalls_the_stream():
+    watch = StallWatch(0.3, "batch")
     got = []
     with pytest.raises(JobStalled, match=r"no batch for 0\.3 s"):
-        for item in no_stall(slow("abc", [0, 0, 3]), timeout_s=0.3, what="batch"):
+        for item in drain(slow("abc", [0, 0, 3]), on_tick=watch.check, tick_s=0.05):
+            watch.observe(item)
             got.append(item)
     assert got == ["a", "b"]
+
+
+def test_a_changing_value_keeps_the_watch_quiet():
+    watch = StallWatch(0.2)
+    for i in range(6):
+        watch.observe(i)
+        time.sleep(0.05)
+        watch.check()
+    time.sleep(0.25)
+    with pytest.raises(JobStalled):
+        watch.check()
 
 
 def test_the_sources_own_error_is_raised_as_is():
@@ -34,7 +54,7 @@ def test_the_sources_own_error_is_raised_as_is():
         raise ValueError("disk on fire")
 
     with pytest.raises(ValueError, match="disk on fire"):
-        list(no_stall(broken(), timeout_s=5))
+        list(drain(broken(), on_tick=lambda: None))
 
 
 def test_the_source_is_closed_once_the_consumer_gives_up():
@@ -49,7 +69,9 @@ def test_the_source_is_closed_once_the_consumer_gives_up():
         finally:
             closed.set()
 
+    watch = StallWatch(0.3)
     with pytest.raises(JobStalled):
-        list(no_stall(source(), timeout_s=0.3))
+        for item in drain(source(), on_tick=watch.check, tick_s=0.05):
+            watch.observe(item)
     # closed after its pending step returns, not left running for nobody
     assert closed.wait(5)

@@ -6,16 +6,13 @@ import csv
 import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from conftest import output_rows
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 import tsm_model
 from jobs.cli import app
-from pipeline import resume
-from pipeline.store import store_for
 from registry import versions as registry
 from training import synthetic
 from training.evaluation import evaluate, score
@@ -65,8 +62,7 @@ def test_evaluate_logs_against_the_version(store):
 
     # recompute top-1 from the Parquet the label job wrote: error row counts as wrong
     labels = dict(synthetic_rows(manifests["train"]))
-    rows = [r for p in resume.committed_parts(str(store / "out"))
-            for r in pq.read_table(pa.BufferReader(store_for(p.uri).read_bytes(p.uri))).to_pylist()]
+    rows = output_rows(str(store / "out")).to_pylist()
     assert len(rows) == 11
     hits = sum(r["status"] == "ok" and r["top_k_labels"][0] == labels[r["video_uri"]]
                for r in rows)
