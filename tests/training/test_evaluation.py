@@ -16,6 +16,7 @@ import tsm_model
 from jobs.cli import app
 from pipeline import resume
 from pipeline.store import store_for
+from registry import evaluations
 from registry import versions as registry
 from training import synthetic
 from training.evaluation import evaluate, score
@@ -84,15 +85,43 @@ def test_evaluate_logs_against_the_version(store):
     report = json.loads(Path(local).read_text())
     assert sum(map(sum, report["confusion"])) == 11
 
+    # the manifest is the run's dataset input: name, digest of its rows, size
+    rows = synthetic_rows(manifests["train"])
+    digest = evaluations.manifest_digest(rows)
+    assert (result.dataset_name, result.dataset_digest) == (manifests["train"].name, digest)
+    (inp,) = run.inputs.dataset_inputs
+    assert (inp.dataset.name, inp.dataset.digest) == (manifests["train"].name, digest)
+    assert json.loads(inp.dataset.profile)["num_rows"] == 11
+    assert json.loads(inp.dataset.source)["uri"] == str(manifests["train"].resolve())
+
+    # the metrics are numbers on the version's MLflow model, tied to that dataset and run
     measured = registry.get_version("tsm-eval", v2)
-    assert measured.metric("top1") == pytest.approx(result.top1, abs=1e-6)
-    assert measured.metric("top5") == pytest.approx(result.top5, abs=1e-6)
-    assert registry.get_version("tsm-eval", "1").metric("top1") is None  # only v2 measured
+    assert [m.model_id for m in run.inputs.model_inputs] == [measured.model_id]
+    metrics = {m.key: m for m in client.get_logged_model(measured.model_id).metrics}
+    assert metrics["top1"].value == pytest.approx(result.top1)
+    assert metrics["top5"].value == pytest.approx(result.top5)
+    assert metrics["num_videos"].value == 11
+    assert {k for k in metrics if k.startswith("acc_")} == {
+        f"acc_{c}" for c in result.per_class}
+    assert all((m.dataset_digest, m.run_id) == (digest, result.run_id) for m in metrics.values())
+    assert "top1" not in measured.tags  # no longer a tag
+    assert registry.get_version("tsm-eval", "1").evaluations() == []  # only v2 measured
+
+    # a second evaluation keeps its own record (the labels are reused: same output)
+    again = evaluate("models:/tsm-eval@candidate", str(manifests["train"]), str(store / "out"))
+    runs = [e.run_id for e in registry.get_version("tsm-eval", v2).evaluations()]
+    assert runs == [result.run_id, again.run_id]
+    latest = registry.get_version("tsm-eval", v2).latest_evaluations()
+    assert list(latest) == [digest] and latest[digest].run_id == again.run_id
 
 
 def synthetic_rows(path):
     with open(path, newline="") as f:
         return [(r["uri"], r["label"]) for r in csv.DictReader(f)]
+
+
+def labelled(n: int, tag: str) -> list[tuple[str, str]]:
+    return [(f"/videos/{tag}/{i}.mp4", synthetic.CLASSES[i % 2]) for i in range(n)]
 
 
 def test_models_cli_register_list_promote(store):
@@ -101,13 +130,27 @@ def test_models_cli_register_list_promote(store):
                               "--name", "tsm-cli"])
     assert res.exit_code == 0 and "models:/tsm-cli/1" in res.output
     runner.invoke(app, ["models", "register", str(tiny_model(store / "b", 1)), "--name", "tsm-cli"])
+    # the same weights again: said so, nothing new
+    res = runner.invoke(app, ["models", "register", str(store / "a"), "--name", "tsm-cli"])
+    assert res.exit_code == 0 and "already registered as version 1" in res.output
+    assert [v.version for v in registry.list_versions("tsm-cli")] == ["1", "2"]
 
     res = runner.invoke(app, ["models", "promote", "tsm-cli", "1"])
-    assert res.exit_code == 2 and "no measured top-1" in res.output
-    registry.record_metrics("tsm-cli", "1", {"top1": 0.9, "top5": 1.0})
-    registry.record_metrics("tsm-cli", "2", {"top1": 0.5, "top5": 0.9})
+    assert res.exit_code == 2 and "has no evaluation" in res.output
+    big = evaluations.labelled_dataset(labelled(24, "big"), "/manifests/big.csv")
+    small = evaluations.labelled_dataset(labelled(2, "small"), "/manifests/small.csv")
+    registry.record_evaluation("tsm-cli", "1", big, {"top1": 0.875, "top5": 1.0,
+                                                     "num_videos": 24})
     assert runner.invoke(app, ["models", "promote", "tsm-cli", "1"]).exit_code == 0
 
+    # 1.0 on two videos is no evidence against 0.875 on 24: another dataset
+    registry.record_evaluation("tsm-cli", "2", small, {"top1": 1.0, "num_videos": 2})
+    res = runner.invoke(app, ["models", "promote", "tsm-cli", "2"])
+    assert res.exit_code == 2 and "no evaluation on the dataset @champion" in res.output
+    assert f"digest {big.digest}, 24 videos" in res.output and "/manifests/big.csv" in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
+
+    registry.record_evaluation("tsm-cli", "2", big, {"top1": 0.5, "num_videos": 24})
     res = runner.invoke(app, ["models", "promote", "tsm-cli", "2"])
     assert res.exit_code == 2 and "lower than @champion" in res.output
     assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
@@ -119,6 +162,7 @@ def test_models_cli_register_list_promote(store):
 
     res = runner.invoke(app, ["models", "list"])
     assert res.exit_code == 0 and "tsm-cli" in res.output and "champion" in res.output
+    assert big.digest in res.output and small.digest in res.output
 
 
 @pytest.mark.parametrize("args, needle", [
