@@ -165,10 +165,37 @@ def test_models_cli_register_list_promote(store):
     assert big.digest in res.output and small.digest in res.output
 
 
+def test_models_info_any_uri(store):
+    runner = CliRunner()
+    folder = tiny_model(store / "a", 0)
+    registry.register_model(folder, "tsm-info")
+    registry.set_alias("tsm-info", "champion", "1")
+    big = evaluations.labelled_dataset(labelled(24, "big"), "/manifests/big.csv")
+    registry.record_evaluation("tsm-info", "1", big, {"top1": 0.875, "top5": 1.0,
+                                                      "num_videos": 24})
+    for uri in ("models:/tsm-info/1", "models:/tsm-info@champion"):
+        res = runner.invoke(app, ["models", "info", uri])
+        assert res.exit_code == 0, res.output
+        assert "arch: resnet18" in res.stdout and "registered: tsm-info version 1" in res.stdout
+        assert f"big.csv (digest {big.digest}, 24 videos): top-1 0.8750" in res.stdout
+    res = runner.invoke(app, ["models", "info", "models:/tsm-info/1", "--json"])
+    info = json.loads(res.stdout)
+    assert info["registered"]["aliases"] == ["champion"] and info["registered"]["pyfunc"]
+    assert info["registered"]["weights_sha256"] == registry.weights_digest(folder)
+    assert info["registered"]["latest_evaluations"][0]["dataset_digest"] == big.digest
+    assert info["config"] == tsm_model.load_config(folder).to_dict()
+    # a folder, as before; an unknown version is one line
+    res = runner.invoke(app, ["models", "info", str(folder), "--json"])
+    assert res.exit_code == 0 and "registered" not in json.loads(res.stdout)
+    res = runner.invoke(app, ["models", "info", "models:/tsm-info/7"])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "version 7" in res.stderr
+
+
 @pytest.mark.parametrize("args, needle", [
     (["models", "register", "/no/such/dir", "--name", "x"], "not found"),
     (["models", "promote", "nope", "1"], "nope"),
     (["models", "list", "nope"], "nope"),
+    (["models", "info", "models:/nope@champion"], "nope"),
     (["evaluate", "--model", "models:/nope@champion", "--manifest", "m.csv"], "not found"),
 ])
 def test_cli_errors_are_one_line(store, args, needle):
