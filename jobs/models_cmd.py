@@ -50,6 +50,7 @@ def _one_line_errors() -> Iterator[None]:
 @app.command("list")
 def list_cmd(name: str | None = typer.Argument(None, help="only this registered model")) -> None:
     """Registered versions, their aliases and their latest accuracy per evaluation dataset."""
+    from rich import box
     from rich.console import Console
     from rich.table import Column, Table
 
@@ -62,21 +63,22 @@ def list_cmd(name: str | None = typer.Argument(None, help="only this registered 
     if not versions:
         typer.echo("no registered models")
         return
-    # names and aliases are what people copy into models:/ URIs: never wrap or cut them
+    # names, aliases and digests are what people copy: never wrap or cut them
+    # (the training tags, val top-1 among them, are in `tsm models info`)
     table = Table(Column("name", no_wrap=True), "version", Column("aliases", no_wrap=True),
-                  "top-1", "top-5", Column("evaluated on (dataset digest)", no_wrap=True),
-                  "val top-1", "temporal", "created (UTC)")
+                  Column("top-1", no_wrap=True), Column("top-5", no_wrap=True),
+                  Column("dataset / digest", no_wrap=True), "created (UTC)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for v in versions:
         evals = list(v.latest_evaluations().values()) or [None]
-        for i, e in enumerate(evals):  # one line per dataset, the newest first
+        for i, e in enumerate(evals):  # one row per evaluation dataset, the newest first
             first = i == 0
             table.add_row(
                 v.name if first else "", v.version if first else "",
                 ",".join(v.aliases) if first else "",
                 _fmt(e.top1 if e else None), _fmt(e.top5 if e else None),
-                f"{e.dataset_name} {e.dataset_digest}" if e else "-",
-                _fmt(v.tag_number("val_top1")) if first else "",
-                v.tags.get("temporal", "") if first else "", _when(v.created_ms) if first else "")
+                f"{e.dataset_name}\n{e.dataset_digest}" if e else "-",
+                _when(v.created_ms) if first else "")
     Console().print(table)
 
 
