@@ -188,6 +188,8 @@ def _print_registered(r: dict[str, Any]) -> None:
     else:
         typer.echo("  MLflow model: none (registered before versions were MLflow models)")
     typer.echo(f"  weights sha256: {r['weights_sha256']}")
+    if r["tags"]:
+        typer.echo("  tags: " + ", ".join(f"{k}={v}" for k, v in sorted(r["tags"].items())))
     typer.echo(f"  evaluations: {r['num_evaluations']}"
                + ("; latest per dataset:" if r["latest_evaluations"] else ""))
     for e in r["latest_evaluations"]:

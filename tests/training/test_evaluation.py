@@ -168,7 +168,7 @@ def test_models_cli_register_list_promote(store):
 def test_models_info_any_uri(store):
     runner = CliRunner()
     folder = tiny_model(store / "a", 0)
-    registry.register_model(folder, "tsm-info")
+    registry.register_model(folder, "tsm-info", tags={"val_top1": "0.500000"})
     registry.set_alias("tsm-info", "champion", "1")
     big = evaluations.labelled_dataset(labelled(24, "big"), "/manifests/big.csv")
     registry.record_evaluation("tsm-info", "1", big, {"top1": 0.875, "top5": 1.0,
@@ -178,6 +178,7 @@ def test_models_info_any_uri(store):
         assert res.exit_code == 0, res.output
         assert "arch: resnet18" in res.stdout and "registered: tsm-info version 1" in res.stdout
         assert f"big.csv (digest {big.digest}, 24 videos): top-1 0.8750" in res.stdout
+        assert "tags: val_top1=0.500000" in res.stdout
     res = runner.invoke(app, ["models", "info", "models:/tsm-info/1", "--json"])
     info = json.loads(res.stdout)
     assert info["registered"]["aliases"] == ["champion"] and info["registered"]["pyfunc"]
