@@ -102,9 +102,16 @@ class Evaluation:
 
 def evaluations(model_id: str | None) -> list[Evaluation]:
     """Every evaluation recorded on a LoggedModel, oldest first (none for None)."""
+    from mlflow.exceptions import MlflowException
+
     if not model_id:
         return []
-    model = client().get_logged_model(model_id)
+    try:
+        model = client().get_logged_model(model_id)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":  # the model was deleted: nothing measured
+            return []
+        raise
     runs: dict[tuple[str, str, str], dict[str, Any]] = {}
     for m in model.metrics or []:
         if not m.dataset_digest or not m.run_id:
