@@ -12,11 +12,12 @@ safetensors and the config with json (`tsm_model.from_bytes`).
 
 Why "models from code" and not a `PythonModel` instance: given an instance,
 MLflow cloudpickles it into `python_model.pkl` and unpickles that file on
-every load (MLflow 3.17 even refuses to, unless
-`MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true`). Given a code file instead, MLflow
-copies the file into the model and, at load, runs it; the file builds
-`TSMClassifier` by importing it from this package (so the project must be
-installed where the model is loaded, which it is wherever `tsm` runs).
+every load (MLflow 3.17 does so by default; with
+`MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false` it refuses to load such a model
+at all). Given a code file instead, MLflow copies the file into the model
+and, at load, runs it; the file builds `TSMClassifier` by importing it from
+this package (so the project must be installed where the model is loaded,
+which it is wherever `tsm` runs).
 Nothing in a registered TSM version is ever unpickled, whichever way it is
 loaded: `registry.versions.resolve_model` fetches only the two plain files, and
 `mlflow.pyfunc.load_model` runs this package's code over them.

@@ -86,6 +86,8 @@ def test_pyfunc_load_by_version_never_unpickles(store, resnet_dir, monkeypatch):
     for mod, fn in ((pickle, "load"), (pickle, "loads"), (cloudpickle, "load"),
                     (cloudpickle, "loads"), (torch, "load")):
         monkeypatch.setattr(mod, fn, boom)
+    # MLflow's own switch: with it off, a pickled PythonModel would not load at all
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     loaded = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
     out = loaded.predict(clips(2, 5))
     ids, _, _ = reference(resnet_dir, clips(2, 5), k=5)
