@@ -1,1 +1,1 @@
-"""Entry points users run: label, evaluate, train, model registry, demo (`tsm ...`)."""
+"""Entry points users run: label, evaluate, train, models, data, demo (`tsm ...`)."""

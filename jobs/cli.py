@@ -23,11 +23,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(model_cmd.app, name="model")
 app.add_typer(synth_cmd.app, name="data")
 app.command("train")(train_cmd.command)
 app.command("evaluate")(evaluate_cmd.command)
 app.add_typer(models_cmd.app, name="models")
+app.add_typer(model_cmd.app, name="model", hidden=True)  # deprecated: `tsm models`
 app.command("demo")(demo_cmd.command)
 app.command("label")(label_cmd.label)
 

@@ -35,4 +35,5 @@ def command(
                   if n_err else ""))
     for cls, acc in r.per_class.items():
         typer.echo(f"  {cls:<24} {acc:.3f}")
-    typer.echo(f"MLflow run {r.run_id} (experiment {EXPERIMENT}); labels in {r.output}")
+    typer.echo(f"dataset {r.dataset_name} (digest {r.dataset_digest}); MLflow run {r.run_id} "
+               f"(experiment {EXPERIMENT}); labels in {r.output}")

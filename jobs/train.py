@@ -76,6 +76,8 @@ def command(
         except (ValueError, FileNotFoundError) as e:
             raise fail(str(e)) from None
     msg = f"best val top-1 {result.best_val_top1:.4f}; model in {result.best_dir}"
-    if result.version:
+    if result.version and result.registered:
         msg += f"; registered {name} version {result.version}"
+    elif result.version:
+        msg += f"; same weights already registered as {name} version {result.version}"
     Console().print(msg)

@@ -6,6 +6,9 @@ point at a real server on a cluster.
 
 Everything goes through `MlflowClient` (no global "active run" state), so
 a run can be recorded from any thread, and two runs never get mixed up.
+The one use of MLflow's model-logging machinery, `registry.pyfunc.log_model`,
+calls `mlflow.models.Model.log` with an explicit run id and LoggedModel id,
+so it needs no active run either.
 """
 
 from __future__ import annotations
@@ -79,12 +82,40 @@ class TrackedRun:
 
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, *,
+                    model_id: str | None = None, dataset: Any = None) -> None:
+        """Log metrics; with `model_id` they are also the LoggedModel's, with `dataset`
+        (an `mlflow.data` dataset: its name and digest) they say what they were measured on.
+        """
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        where: dict[str, Any] = {"model_id": model_id, "run_id": self.run_id}
+        if dataset is not None:
+            where.update(dataset_name=dataset.name, dataset_digest=dataset.digest)
         self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+            self.run_id,
+            metrics=[Metric(k, float(v), now, step, **where) for k, v in metrics.items()],
+        )
+
+    def log_inputs(self, datasets: list[tuple[Any, str]] = (),
+                   model_ids: list[str] = ()) -> None:
+        """Record what the run read: `(mlflow.data dataset, context)` pairs (the context,
+        e.g. "evaluation", becomes the input's `mlflow.data.context` tag) and LoggedModels.
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        def entity(d) -> Dataset:  # what mlflow.log_input does, with public calls only
+            fields = d.to_dict()
+            return Dataset(fields["name"], fields["digest"], fields["source_type"],
+                           fields["source"], fields.get("schema"), fields.get("profile"))
+
+        self.client.log_inputs(
+            self.run_id,
+            datasets=[DatasetInput(entity(d), [InputTag(MLFLOW_DATASET_CONTEXT, ctx)])
+                      for d, ctx in datasets],
+            models=[LoggedModelInput(m) for m in model_ids],
         )
 
     def set_tags(self, tags: dict[str, Any]) -> None:

@@ -1,33 +1,54 @@
-"""Model versions in the MLflow registry: register, resolve to local files, alias, measure.
+"""Model versions in the MLflow registry: register, resolve to local files, alias, promote.
 
 A model is two plain files, `model.safetensors` and `config.json` (what
-`tsm_model.save` writes). Registering logs them as run artifacts and creates a
-registered model version whose source is that artifact folder; resolving
-downloads them to a local cache. Nothing here unpickles: only those two files
-are ever fetched, and they are read with safetensors and json by `tsm_model`.
+`tsm_model.save` writes). Registering logs them as an MLflow pyfunc model
+(`registry.pyfunc`: a LoggedModel whose artifacts hold an MLmodel, a code
+file and the two files under `artifacts/`) and creates a registered model
+version whose source is that model (`models:/<model_id>`), so
+`mlflow.pyfunc.load_model("models:/NAME@ALIAS")` works. A version's identity
+is its weights' sha256 (the `weights_sha256` tag): `register_if_new` reuses
+the version that has the same weights.
 
-Offline accuracy measured by `tsm evaluate` is kept on the version itself as
-tags (`top1`, `top5`, ...), so `tsm models promote` can compare versions.
+Resolving (what the label job does) downloads exactly the two files into a
+local cache and checks the digest. Nothing here unpickles: only those two
+files are ever fetched, and they are read with safetensors and json by
+`tsm_model`. Versions registered before models were MLflow models (the two
+files straight in a run's `model/` folder, no MLmodel) still resolve.
+
+Offline accuracy lives on the model as metrics tied to the dataset it was
+measured on (`registry.evaluations`); `promote` compares versions only on the
+same dataset.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import one_line
+from registry.evaluations import (
+    Evaluation,
+    dataset_source,
+    evaluations,
+    latest_by_dataset,
+    record,
+)
 from registry.tracking import TrackedRun, client
 
 MODEL_FILES = ("model.safetensors", "config.json")
 WEIGHTS = "model.safetensors"
-ARTIFACT_DIR = "model"  # where register_model puts the files inside the run
-REGISTRY_EXPERIMENT = "model-registry"  # runs created only to hold registered files
+LEGACY_ARTIFACT_DIR = "model"  # where versions made before pyfunc models kept the files in a run
+REGISTRY_EXPERIMENT = "model-registry"  # runs created only to log models being registered
 DIGEST_TAG = "weights_sha256"
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a LoggedModel: the versions made from it
 CACHE_ENV = "TSM_MODEL_CACHE"
+_MODEL_ID_SOURCE = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
 
 
 class ModelNotFoundError(LookupError):
@@ -35,7 +56,8 @@ class ModelNotFoundError(LookupError):
 
 
 class PromotionRefused(RuntimeError):
-    """`promote` declined: the candidate is unmeasured or measures worse than the champion."""
+    """`promote` declined: the candidate is unmeasured, measured on another dataset than the
+    alias holder, or worse on the same dataset."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,7 @@ class ModelRef:
     name: str
     version: str
     uri: str
+    model_id: str | None = None  # the MLflow LoggedModel of a registered version
 
 
 @dataclass(frozen=True)
@@ -64,11 +87,20 @@ class VersionInfo:
     source: str = ""
     run_id: str | None = None
     created_ms: int = 0
+    model_id: str | None = None  # None for versions registered before they were MLflow models
 
-    def metric(self, key: str) -> float | None:
-        """A measured accuracy tag (`top1`, `top5`, ...) as a float, or None if never measured."""
+    def tag_number(self, key: str) -> float | None:
+        """A numeric tag (e.g. `val_top1`, set by `tsm train`) as a float, or None."""
         value = self.tags.get(key)
         return float(value) if value not in (None, "") else None
+
+    def evaluations(self) -> list[Evaluation]:
+        """Every evaluation of this version, oldest first."""
+        return evaluations(self.model_id)
+
+    def latest_evaluations(self) -> dict[str, Evaluation]:
+        """dataset digest -> the newest evaluation on it, newest first."""
+        return latest_by_dataset(self.evaluations())
 
 
 def weights_digest(model_dir: str | Path) -> str:
@@ -148,8 +180,27 @@ def _search(c, name: str):
     )
 
 
-def _download(source: str, dest: Path, digest: str | None) -> Path:
-    """Fetch exactly the model files from `source` into `dest` (atomically; reused if present)."""
+def model_id_of(mv) -> str | None:
+    """The LoggedModel a version was made from (its `models:/<model_id>` source), if any."""
+    model_id = getattr(mv, "model_id", None)  # the OSS SQL registry leaves this empty
+    if model_id:
+        return model_id
+    m = _MODEL_ID_SOURCE.match(mv.source or "")
+    return m.group(1) if m else None
+
+
+def _files_root(c, mv) -> str:
+    """The artifact URI of the folder that holds the version's two model files."""
+    root = c.get_model_version_download_uri(mv.name, str(mv.version)).rstrip("/")
+    if model_id_of(mv) is not None:  # a pyfunc model: the files are its pyfunc artifacts
+        from registry.pyfunc import FILES_DIR
+
+        return f"{root}/{FILES_DIR}"
+    return root  # a version registered before: the files at the source itself
+
+
+def _download(root: str, dest: Path, digest: str | None) -> Path:
+    """Fetch exactly the model files under `root` into `dest` (atomically; reused if present)."""
     if all((dest / f).is_file() for f in MODEL_FILES) and (
         digest is None or weights_digest(dest) == digest
     ):
@@ -160,11 +211,9 @@ def _download(source: str, dest: Path, digest: str | None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=dest.parent))
     try:
         for f in MODEL_FILES:  # only the two plain files, never a whole (possibly pickled) tree
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{source.rstrip('/')}/{f}", dst_path=str(tmp)
-            )
+            mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/{f}", dst_path=str(tmp))
         if digest is not None and weights_digest(tmp) != digest:
-            raise ModelNotFoundError(f"downloaded weights from {source} do not match the registry")
+            raise ModelNotFoundError(f"downloaded weights from {root} do not match the registry")
         shutil.rmtree(dest, ignore_errors=True)
         # rename is atomic, so a concurrent reader sees either nothing or complete files
         try:
@@ -183,10 +232,12 @@ def resolve_model(uri: str) -> ModelRef:
         path = check_model_dir(uri).resolve()
         return ModelRef(path, path.name, "local-" + weights_digest(path)[:12], uri)
     name, alias, version = parse_models_uri(uri)
-    mv = _get_version(client(), name, alias, version)
+    c = client()
+    mv = _get_version(c, name, alias, version)
     digest = (mv.tags or {}).get(DIGEST_TAG)
     try:
-        path = _download(mv.source, cache_root() / name / str(mv.version), digest)
+        root = _files_root(c, mv)
+        path = _download(root, cache_root() / name / str(mv.version), digest)
     except ModelNotFoundError:
         raise
     except Exception as e:  # missing artifacts, unreachable store: say which version failed
@@ -194,7 +245,12 @@ def resolve_model(uri: str) -> ModelRef:
             f"cannot fetch the files of {name} version {mv.version} from {mv.source}: "
             f"{one_line(e)}"
         ) from None
-    return ModelRef(path, name, str(mv.version), uri)
+    return ModelRef(path, name, str(mv.version), uri, model_id_of(mv))
+
+
+def _model_params(config) -> dict[str, str]:
+    """The config as LoggedModel params (class names are in config.json, not here)."""
+    return {k: str(v) for k, v in config.to_dict().items() if k != "class_names"}
 
 
 def register_model(
@@ -204,40 +260,54 @@ def register_model(
     run_id: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> str:
-    """Log the directory's model files as run artifacts and register them; returns the version.
+    """Log the directory's model as an MLflow pyfunc model and register it; returns the version.
 
-    With `run_id` the files go into that run (e.g. the training run); otherwise
-    a run is created in the `model-registry` experiment just to hold them.
+    With `run_id` the model is an output of that run (e.g. the training run);
+    otherwise a run is created in the `model-registry` experiment to log it.
+    This always makes a new version: `register_if_new` is the idempotent one.
     """
+    import tsm_model
+    from registry import pyfunc
+
     path = check_model_dir(model_dir)
+    try:
+        config = tsm_model.load_config(path)
+    except (ValueError, OSError) as e:
+        raise ModelNotFoundError(f"{model_dir}: {one_line(e)}") from None
     c = client()
+    digest = weights_digest(path)
+    model_tags = {DIGEST_TAG: digest}
     if run_id is None:
         with TrackedRun(REGISTRY_EXPERIMENT, f"register-{name}") as run:
             run_id = run.run_id
-            for f in MODEL_FILES:
-                run.log_artifact(path / f, artifact_path=ARTIFACT_DIR)
+            logged = pyfunc.log_model(c, run_id, path, name=name, tags=model_tags,
+                                      params=_model_params(config))
     else:
-        for f in MODEL_FILES:
-            c.log_artifact(run_id, str(path / f), artifact_path=ARTIFACT_DIR)
-    source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT_DIR}"
+        logged = pyfunc.log_model(c, run_id, path, name=name, tags=model_tags,
+                                  params=_model_params(config))
     try:
         c.get_registered_model(name)
     except Exception as e:
         if not _not_found(e):
             raise
         c.create_registered_model(name)
-    all_tags = {DIGEST_TAG: weights_digest(path), **(tags or {})}
-    mv = c.create_model_version(name, source, run_id=run_id, tags=all_tags)
+    all_tags = {DIGEST_TAG: digest, **(tags or {})}
+    mv = c.create_model_version(name, f"models:/{logged.model_id}", run_id=run_id,
+                                tags=all_tags, model_id=logged.model_id)
+    # what mlflow.register_model does too: the LoggedModel lists the versions made from it
+    made = json.loads(logged.tags.get(MODEL_VERSIONS_TAG, "[]"))
+    made.append({"name": name, "version": str(mv.version)})
+    c.set_logged_model_tags(logged.model_id, {MODEL_VERSIONS_TAG: json.dumps(made)})
     return str(mv.version)
 
 
-def register_if_new(model_dir: str | Path, name: str, *,
+def register_if_new(model_dir: str | Path, name: str, *, run_id: str | None = None,
                     tags: dict[str, str] | None = None) -> tuple[str, bool]:
     """`(version, created)`: the version of `name` with these weights, registered if none is."""
-    version = find_version_by_digest(name, weights_digest(model_dir))
+    version = find_version_by_digest(name, weights_digest(check_model_dir(model_dir)))
     if version is not None:
         return version, False
-    return register_model(model_dir, name, tags=tags), True
+    return register_model(model_dir, name, run_id=run_id, tags=tags), True
 
 
 def _info(mv, aliases: dict[str, str] | None = None) -> VersionInfo:
@@ -254,6 +324,7 @@ def _info(mv, aliases: dict[str, str] | None = None) -> VersionInfo:
         source=mv.source or "",
         run_id=mv.run_id,
         created_ms=int(mv.creation_timestamp or 0),
+        model_id=model_id_of(mv),
     )
 
 
@@ -316,32 +387,68 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
         c.set_model_version_tag(name, str(version), key, str(value))
 
 
-def record_metrics(name: str, version: str, metrics: dict[str, float]) -> None:
-    """Store measured offline accuracy on the version as tags (e.g. `top1`, `top5`)."""
-    tag_version(name, version, {k: f"{float(v):.6f}" for k, v in metrics.items()})
+def record_evaluation(name: str, version: str, dataset, metrics: dict[str, float], *,
+                      experiment: str = "tsm-evaluate") -> str:
+    """Record accuracy measured elsewhere on a version: a run of its own, metrics on the
+    version's MLflow model tied to `dataset` (see `registry.evaluations.labelled_dataset`).
+    Returns the run id. `tsm evaluate` does this (and more) itself.
+    """
+    v = get_version(name, version)
+    if v.model_id is None:
+        raise ModelNotFoundError(
+            f"{name} version {version} is not an MLflow model (registered before they were); "
+            "register its files again to evaluate it")
+    with TrackedRun(experiment, f"eval-{name}-{version}",
+                    tags={"model_name": name, "model_version": str(version)}) as run:
+        record(run, dataset, metrics, model_id=v.model_id)
+    return run.run_id
 
 
 def promote(name: str, version: str, alias: str = "champion", *, force: bool = False) -> str | None:
     """Move `alias` to `version`; returns the version it pointed at before (None if unset).
 
-    Refuses (PromotionRefused) a version with no measured top-1, or one whose
-    top-1 is lower than the current holder's, unless `force`.
+    Unless `force`, results are compared only on the same dataset (digest):
+
+    - the candidate must have been evaluated (on any dataset if the alias is
+      unset or its holder was never evaluated);
+    - it must have been evaluated on a dataset the alias holder was evaluated
+      on (refused otherwise, naming the holder's newest dataset);
+    - on every dataset both were evaluated on, its latest top-1 must be at
+      least the holder's latest top-1 there.
     """
     candidate = get_version(name, version)
     current = alias_version(name, alias)
     if not force:
-        top1 = candidate.metric("top1")
-        if top1 is None:
-            raise PromotionRefused(
-                f"{name} version {version} has no measured top-1; run `tsm evaluate` first "
-                "or pass --force"
-            )
-        if current is not None and current.version != candidate.version:
-            best = current.metric("top1")
-            if best is not None and top1 < best:
-                raise PromotionRefused(
-                    f"{name} version {version} top-1 {top1:.4f} is lower than @{alias} "
-                    f"(version {current.version}) top-1 {best:.4f}; pass --force to promote anyway"
-                )
+        _check_promotion(candidate, current, alias)
     set_alias(name, alias, candidate.version)
     return current.version if current is not None else None
+
+
+def _check_promotion(candidate: VersionInfo, current: VersionInfo | None, alias: str) -> None:
+    name, version = candidate.name, candidate.version
+    mine = candidate.latest_evaluations()
+    holder = current is not None and current.version != candidate.version
+    theirs = current.latest_evaluations() if holder else {}
+    if not theirs:  # no holder, or one never measured: the candidate needs a measurement
+        if not mine:
+            raise PromotionRefused(
+                f"{name} version {version} has no evaluation; run `tsm evaluate --model "
+                f"models:/{name}/{version} --manifest M` first or pass --force")
+        return
+    shared = [d for d in theirs if d in mine]  # the holder's newest datasets first
+    if not shared:
+        ref = next(iter(theirs.values()))
+        source = dataset_source(ref)
+        raise PromotionRefused(
+            f"{name} version {version} has no evaluation on the dataset @{alias} (version "
+            f"{current.version}) was measured on: {ref.describe()}"
+            + (f" from {source}" if source else "")
+            + f"; run `tsm evaluate --model models:/{name}/{version} --manifest "
+            f"{source or 'THAT_MANIFEST'}`, or pass --force")
+    for digest in shared:
+        new, old = mine[digest].top1, theirs[digest].top1
+        if new is not None and old is not None and new < old:
+            raise PromotionRefused(
+                f"{name} version {version} top-1 {new:.4f} is lower than @{alias} (version "
+                f"{current.version}) top-1 {old:.4f} on {theirs[digest].describe()}; pass "
+                "--force to promote anyway")

@@ -3,10 +3,13 @@
 Runs the real label job (`pipeline.job.run_label`) on the manifest, so
 the number measured is the number production gets, then joins its Parquet
 predictions with the manifest's labels. Error rows (and any video missing from
-the output) count as wrong and are reported. Top-1, top-5, per-class
-accuracy and a confusion-matrix picture go to an MLflow run tagged with the
-model name and version; top-1/top-5 are also stored on the registered version
-(as tags `top1`/`top5`) so `tsm models promote` can compare versions.
+the output) count as wrong and are reported. Each evaluation is its own MLflow
+run, tagged with the model name and version: the manifest is its dataset input
+(name, digest, size), top-1, top-5 and per-class accuracy are its metrics and,
+for a registered version, the metrics of that version's MLflow model, tied to
+the dataset (`registry.evaluations`), so `tsm models promote` compares
+versions on the same data only. A confusion-matrix picture and the report go
+with the run.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class EvalResult:
     run_id: str
     output: str
     error_uris: list[str] = field(default_factory=list)
+    dataset_name: str = ""  # the manifest as an MLflow dataset (registry.evaluations)
+    dataset_digest: str = ""
 
 
 def read_predictions(output: str, model_name: str, model_version: str) -> dict[str, dict]:
@@ -154,8 +159,9 @@ def evaluate(model: str, manifest: str, output: str | None = None, *,
     top1, top5, per_class, errors, confusion, error_uris = score(labelled, predictions, classes)
     result = EvalResult(ref.name, ref.version, len(labelled), top1, top5, per_class, errors,
                         confusion, classes, "", out, error_uris)
-    run_id = _log_evaluation(result, model, manifest, summary.run_id)
-    return dataclasses.replace(result, run_id=run_id)
+    run_id, dataset = _log_evaluation(result, ref, model, manifest, labelled, summary.run_id)
+    return dataclasses.replace(result, run_id=run_id, dataset_name=dataset.name,
+                               dataset_digest=dataset.digest)
 
 
 def default_output(ref) -> str:
@@ -163,28 +169,30 @@ def default_output(ref) -> str:
     return str(Path("runs") / "evaluate" / f"{ref.name}-{ref.version}")
 
 
-def _log_evaluation(r: EvalResult, model: str, manifest: str, label_run_id: str) -> str:
-    """Log `r` as an MLflow run (and on the registered version); returns the run id."""
-    from registry import versions
+def _log_evaluation(r: EvalResult, ref, model: str, manifest: str,
+                    labelled: list[tuple[str, str]], label_run_id: str):
+    """Log `r` as an MLflow run (metrics also on the version's model): (run id, dataset)."""
+    from registry import evaluations
     from registry.tracking import TrackedRun
 
+    dataset = evaluations.labelled_dataset(labelled, str(manifest))
     with TrackedRun(EXPERIMENT, f"eval-{r.model_name}-{r.model_version}",
                     tags={"model_name": r.model_name, "model_version": r.model_version,
                           "model_uri": model, "manifest": str(manifest),
                           "label_run_id": label_run_id}) as run:
         run.log_params({"num_videos": r.num_videos, "manifest": str(manifest)})
-        metrics = {"top1": r.top1, "top5": r.top5, "num_errors": sum(r.errors.values())}
-        metrics.update({f"acc_{c}": a for c, a in r.per_class.items()})
-        run.log_metrics(metrics)
+        metrics = {"top1": r.top1, "top5": r.top5, "num_videos": r.num_videos,
+                   "num_errors": sum(r.errors.values())}
+        metrics.update({evaluations.metric_key("acc_", c): a for c, a in r.per_class.items()})
+        # a registered version's model gets the metrics too; a local folder has no model
+        evaluations.record(run, dataset, metrics, model_id=ref.model_id)
         run.log_dict({"top1": r.top1, "top5": r.top5, "per_class": r.per_class,
                       "errors": r.errors, "error_uris": r.error_uris, "classes": r.classes,
-                      "confusion": r.confusion}, "evaluation.json")
+                      "confusion": r.confusion, "dataset": {"name": dataset.name,
+                                                            "digest": dataset.digest}},
+                     "evaluation.json")
         with tempfile.TemporaryDirectory() as tmp:
             plot_confusion(r.confusion, r.classes, Path(tmp) / "confusion.png",
                            f"{r.model_name} v{r.model_version}: top-1 {r.top1:.3f}")
             run.log_artifact(Path(tmp) / "confusion.png")
-    if not r.model_version.startswith("local-"):
-        versions.record_metrics(r.model_name, r.model_version, {"top1": r.top1, "top5": r.top5})
-        versions.tag_version(r.model_name, r.model_version,
-                             {"eval_run_id": run.run_id, "eval_manifest": str(manifest)})
-    return run.run_id
+    return run.run_id, dataset

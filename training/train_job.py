@@ -4,7 +4,9 @@ Clips come through the label job's own storage, decoder, sampler and
 transforms (`training.clip_dataset`), so a model sees in training what the
 label job feeds it. `training.loop.fit` does the optimisation; this module
 sets it up and records it: parameters, per-epoch metrics, the best model
-(saved with `tsm_model.save`) and its registration as a new version.
+(saved with `tsm_model.save`) and its registration: an MLflow model logged
+by the training run and a new version, unless a version already has the
+same weights (then that version is reused and said so).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class TrainResult:
     version: str | None
     run_id: str
     history: list[dict[str, float]] = field(default_factory=list)
+    registered: bool = False  # False with a version: the same weights were registered before
 
 
 def model_config_from(
@@ -203,12 +206,13 @@ def train(
         (out / "history.json").write_text(json.dumps(rows, indent=1) + "\n")
         run.log_artifact(out / "history.json")
         run.log_metrics({"best_val_top1": best})
-        version = None
+        version, created = None, False
         if cfg.register:
-            version = versions.register_model(
+            # the weights' digest is the version's identity: the same weights reuse their version
+            version, created = versions.register_if_new(
                 best_dir, cfg.name, run_id=run.run_id,
                 tags={"arch": mc.arch, "temporal": kind, "val_top1": f"{best:.6f}",
                       "num_segments": str(mc.num_segments), "input_size": str(mc.input_size)},
             )
             run.set_tags({"registered_version": version})
-    return TrainResult(best_dir, best, version, run.run_id, rows)
+    return TrainResult(best_dir, best, version, run.run_id, rows, created)

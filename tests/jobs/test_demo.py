@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from conftest import output_rows
 from safetensors.torch import load_file
@@ -53,6 +54,21 @@ def test_demo_end_to_end_and_idempotent(store):
     assert len(rows) == 10 and all(r["status"] == "ok" for r in rows)
     assert {r["model_version"] for r in rows} == {"1"}
     assert registry.alias_version(demo.MODEL_NAME, demo.ALIAS).version == "1"
+    # the champion is an MLflow model: pyfunc loads it and labels like the bundled model
+    import mlflow.pyfunc
+
+    assert registry.get_version(demo.MODEL_NAME, "1").model_id
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{demo.MODEL_NAME}@{demo.ALIAS}")
+    model = tsm_model.load(tsm_model.BUNDLED)
+    frames = render(VideoSpec("move_left", seed=3, size=128, num_frames=40, fps=20))
+    c = model.config
+    idx = np.linspace(0, len(frames) - 1, c.num_segments).round().astype(int)
+    uint8 = resize_crop(frames[idx], c.resize_size, c.input_size)[None]
+    out = pyfunc.predict(uint8)
+    with torch.inference_mode():
+        expected = model(clip(model, frames)).softmax(1)[0]
+    assert out["top_k_labels"][0][0] == c.class_names[int(expected.argmax())]
+    assert out["top_k_scores"][0][0] == pytest.approx(float(expected.max()), abs=1e-5)
     # a second registration attempt reuses the version with the same weights
     assert registry.register_if_new(tsm_model.BUNDLED, demo.MODEL_NAME) == ("1", False)
     assert len(registry.list_versions(demo.MODEL_NAME)) == 1

@@ -6,11 +6,14 @@ import json
 import pickle
 from pathlib import Path
 
+import cloudpickle
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from registry import evaluations
 from registry import versions as registry
+from registry.tracking import client as mlflow_client
 
 
 def make_model_dir(path: Path, seed: int) -> Path:
@@ -57,6 +60,54 @@ def test_register_resolve_by_version_and_alias(store):
     assert registry.find_version_by_digest("tsm-x", registry.weights_digest(d2)) == "2"
 
 
+def test_a_version_is_an_mlflow_model(store):
+    """The version's source is a LoggedModel with an MLmodel, the two files and the digest."""
+    d = make_model_dir(store / "a", 0)
+    registry.register_model(d, "tsm-x")
+    v = registry.get_version("tsm-x", "1")
+    assert v.model_id and v.source == f"models:/{v.model_id}"
+    client = mlflow_client()
+    logged = client.get_logged_model(v.model_id)
+    assert logged.status.to_int() == logged.status.READY.to_int()
+    assert logged.tags[registry.DIGEST_TAG] == registry.weights_digest(d)
+    assert json.loads(logged.tags[registry.MODEL_VERSIONS_TAG]) == [
+        {"name": "tsm-x", "version": "1"}]
+    assert logged.params["arch"] == "resnet18"
+    files = {a.path for a in client.list_logged_model_artifacts(v.model_id)}
+    assert {"MLmodel", "tsm_pyfunc.py", "artifacts"} <= files
+    inner = {a.path for a in client.list_logged_model_artifacts(v.model_id, "artifacts")}
+    assert inner == {"artifacts/model.safetensors", "artifacts/config.json"}
+    assert not any(p.endswith(".pkl") for p in files | inner)  # models from code: no pickle
+    assert v.run_id == logged.source_run_id
+
+
+def test_same_weights_register_once(store):
+    d = make_model_dir(store / "a", 0)
+    assert registry.register_if_new(d, "tsm-x") == ("1", True)
+    copy = make_model_dir(store / "copy", 0)  # the same weights in another folder
+    assert registry.register_if_new(copy, "tsm-x") == ("1", False)
+    assert registry.register_if_new(make_model_dir(store / "b", 1), "tsm-x") == ("2", True)
+    assert [v.version for v in registry.list_versions("tsm-x")] == ["1", "2"]
+
+
+def test_legacy_version_still_resolves(store):
+    """A version made before pyfunc models (files straight in a run folder) still resolves."""
+    from registry.tracking import TrackedRun
+
+    d = make_model_dir(store / "a", 0)
+    client = mlflow_client()
+    with TrackedRun(registry.REGISTRY_EXPERIMENT, "legacy") as run:
+        for f in registry.MODEL_FILES:
+            run.log_artifact(d / f, artifact_path=registry.LEGACY_ARTIFACT_DIR)
+    client.create_registered_model("tsm-old")
+    source = f"{run.artifact_uri}/{registry.LEGACY_ARTIFACT_DIR}"
+    client.create_model_version("tsm-old", source, run_id=run.run_id,
+                                tags={registry.DIGEST_TAG: registry.weights_digest(d)})
+    ref = registry.resolve_model("models:/tsm-old/1")
+    assert registry.weights_digest(ref.path) == registry.weights_digest(d)
+    assert ref.model_id is None and registry.get_version("tsm-old", "1").model_id is None
+
+
 @pytest.mark.parametrize(
     "uri, needle",
     [
@@ -74,22 +125,25 @@ def test_unknown_model_clear_error(store, uri, needle):
 
 
 def test_resolve_never_unpickles(store, monkeypatch):
-    """Only the two plain files are fetched; a pickle logged next to them is never loaded."""
+    """Only the two plain files are fetched; pickles logged next to them are never loaded."""
     d = make_model_dir(store / "a", 0)
     version = registry.register_model(d, "tsm-x")
-    run_id = registry.get_version("tsm-x", version).run_id
-    evil = store / "evil.pkl"
+    model_id = registry.get_version("tsm-x", version).model_id
+    evil = store / "python_model.pkl"
     evil.write_bytes(pickle.dumps({"x": 1}))
-    from mlflow import MlflowClient
-
-    MlflowClient().log_artifact(run_id, str(evil), artifact_path=registry.ARTIFACT_DIR)
+    client = mlflow_client()
+    client.log_model_artifact(model_id, str(evil))  # beside MLmodel, where MLflow would look
+    client.log_model_artifacts(model_id, str(store / "a"), artifact_path="artifacts/more")
+    (store / "evil").mkdir()
+    (store / "evil" / "data.pkl").write_bytes(pickle.dumps([1]))
+    client.log_model_artifacts(model_id, str(store / "evil"), artifact_path="artifacts")
 
     def boom(*a, **k):
         raise AssertionError("unpickling attempted")
 
-    monkeypatch.setattr(pickle, "load", boom)
-    monkeypatch.setattr(pickle, "loads", boom)
-    monkeypatch.setattr(torch, "load", boom)
+    for mod, fn in ((pickle, "load"), (pickle, "loads"), (cloudpickle, "load"),
+                    (cloudpickle, "loads"), (torch, "load")):
+        monkeypatch.setattr(mod, fn, boom)
     ref = registry.resolve_model(f"models:/tsm-x/{version}")
     assert sorted(p.name for p in ref.path.iterdir()) == sorted(registry.MODEL_FILES)
 
@@ -103,27 +157,76 @@ def test_tampered_cache_is_refetched(store):
     assert registry.weights_digest(ref.path) == registry.weights_digest(d)
 
 
-def test_metrics_and_promotion_rules(store):
+def rows(n: int, tag: str) -> list[tuple[str, str]]:
+    return [(f"s3://videos/{tag}/{i}.mp4", "ab"[i % 2]) for i in range(n)]
+
+
+def test_evaluations_are_metrics_of_the_model_per_dataset(store):
+    v1 = registry.register_model(make_model_dir(store / "a", 0), "tsm-x")
+    big = evaluations.labelled_dataset(rows(24, "big"), "s3://manifests/big.csv")
+    small = evaluations.labelled_dataset(rows(2, "small"), str(store / "small.csv"))
+    assert big.digest != small.digest and len(big.digest) == evaluations.DIGEST_CHARS
+    # the digest is the rows', in any order
+    assert evaluations.labelled_dataset(rows(24, "big")[::-1], "x.csv").digest == big.digest
+
+    first = registry.record_evaluation("tsm-x", v1, big, {"top1": 0.75, "num_videos": 24})
+    registry.record_evaluation("tsm-x", v1, small, {"top1": 1.0, "num_videos": 2})
+    last = registry.record_evaluation("tsm-x", v1, big, {"top1": 0.875, "num_videos": 24})
+
+    v = registry.get_version("tsm-x", v1)
+    assert [e.run_id for e in v.evaluations()][::2] == [first, last]  # none overwritten
+    latest = v.latest_evaluations()
+    assert list(latest) == [big.digest, small.digest]  # newest dataset first
+    assert latest[big.digest].top1 == 0.875 and latest[big.digest].run_id == last
+    assert latest[small.digest].num_videos == 2
+    assert evaluations.dataset_source(latest[small.digest]) == str(store / "small.csv")
+
+    # what MLflow itself holds: numeric metrics of the model, tied to run and dataset
+    client = mlflow_client()
+    top1 = [m for m in client.get_logged_model(v.model_id).metrics if m.key == "top1"]
+    assert sorted((m.value, m.dataset_name, m.dataset_digest) for m in top1) == [
+        (0.75, "big.csv", big.digest), (0.875, "big.csv", big.digest),
+        (1.0, "small.csv", small.digest)]
+    run = client.get_run(last)
+    (inp,) = run.inputs.dataset_inputs
+    assert (inp.dataset.name, inp.dataset.digest) == ("big.csv", big.digest)
+    assert json.loads(inp.dataset.profile)["num_rows"] == 24
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "evaluation"
+    assert [m.model_id for m in run.inputs.model_inputs] == [v.model_id]
+    assert run.data.metrics["top1"] == 0.875
+
+
+def test_promotion_compares_only_on_the_same_dataset(store):
     v1 = registry.register_model(make_model_dir(store / "a", 0), "tsm-x")
     v2 = registry.register_model(make_model_dir(store / "b", 1), "tsm-x")
     v3 = registry.register_model(make_model_dir(store / "c", 2), "tsm-x")
+    big = evaluations.labelled_dataset(rows(24, "big"), "s3://manifests/big.csv")
+    small = evaluations.labelled_dataset(rows(2, "small"), "s3://manifests/small.csv")
 
-    with pytest.raises(registry.PromotionRefused, match="no measured top-1"):
+    with pytest.raises(registry.PromotionRefused, match="has no evaluation"):
         registry.promote("tsm-x", v1)
-    registry.record_metrics("tsm-x", v1, {"top1": 0.8, "top5": 0.95})
-    registry.record_metrics("tsm-x", v2, {"top1": 0.7, "top5": 0.99})
-    assert registry.get_version("tsm-x", v1).metric("top1") == pytest.approx(0.8)
-
+    registry.record_evaluation("tsm-x", v1, big, {"top1": 0.875})
     assert registry.promote("tsm-x", v1) is None
-    with pytest.raises(registry.PromotionRefused, match="lower than @champion"):
+
+    # the issue's case: 1.0 on 2 videos is not better than 0.875 on 24
+    registry.record_evaluation("tsm-x", v2, small, {"top1": 1.0})
+    with pytest.raises(registry.PromotionRefused,
+                       match=f"no evaluation on the dataset @champion.*{big.digest}.*big.csv"):
+        registry.promote("tsm-x", v2)
+    # measured on the champion's dataset, and worse there
+    registry.record_evaluation("tsm-x", v2, big, {"top1": 0.5})
+    with pytest.raises(registry.PromotionRefused, match=r"0\.5000 is lower than @champion"):
         registry.promote("tsm-x", v2)
     assert registry.alias_version("tsm-x", "champion").version == v1
-    assert registry.promote("tsm-x", v2, force=True) == v1
-    assert registry.alias_version("tsm-x", "champion").version == v2
-    # an unmeasured version is refused even against a champion, unless forced
+    # its newest result on that dataset counts
+    registry.record_evaluation("tsm-x", v2, big, {"top1": 0.875})
+    assert registry.promote("tsm-x", v2) == v1
+    # unmeasured: refused even with a champion, unless forced
     with pytest.raises(registry.PromotionRefused):
         registry.promote("tsm-x", v3)
-    registry.promote("tsm-x", v3, force=True)
+    assert registry.promote("tsm-x", v3, force=True) == v2
     assert registry.alias_version("tsm-x", "champion").version == v3
+    # the champion now was never measured: any measured candidate may replace it
+    assert registry.promote("tsm-x", v1) == v3
     with pytest.raises(registry.ModelNotFoundError):
         registry.promote("tsm-x", "9")

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import tsm_model
 from jobs.cli import app
+from registry import evaluations
 from registry import versions as registry
 from training import synthetic
 from training.evaluation import evaluate, score
@@ -80,15 +81,43 @@ def test_evaluate_logs_against_the_version(store):
     report = json.loads(Path(local).read_text())
     assert sum(map(sum, report["confusion"])) == 11
 
+    # the manifest is the run's dataset input: name, digest of its rows, size
+    rows = synthetic_rows(manifests["train"])
+    digest = evaluations.manifest_digest(rows)
+    assert (result.dataset_name, result.dataset_digest) == (manifests["train"].name, digest)
+    (inp,) = run.inputs.dataset_inputs
+    assert (inp.dataset.name, inp.dataset.digest) == (manifests["train"].name, digest)
+    assert json.loads(inp.dataset.profile)["num_rows"] == 11
+    assert json.loads(inp.dataset.source)["uri"] == str(manifests["train"].resolve())
+
+    # the metrics are numbers on the version's MLflow model, tied to that dataset and run
     measured = registry.get_version("tsm-eval", v2)
-    assert measured.metric("top1") == pytest.approx(result.top1, abs=1e-6)
-    assert measured.metric("top5") == pytest.approx(result.top5, abs=1e-6)
-    assert registry.get_version("tsm-eval", "1").metric("top1") is None  # only v2 measured
+    assert [m.model_id for m in run.inputs.model_inputs] == [measured.model_id]
+    metrics = {m.key: m for m in client.get_logged_model(measured.model_id).metrics}
+    assert metrics["top1"].value == pytest.approx(result.top1)
+    assert metrics["top5"].value == pytest.approx(result.top5)
+    assert metrics["num_videos"].value == 11
+    assert {k for k in metrics if k.startswith("acc_")} == {
+        f"acc_{c}" for c in result.per_class}
+    assert all((m.dataset_digest, m.run_id) == (digest, result.run_id) for m in metrics.values())
+    assert "top1" not in measured.tags  # no longer a tag
+    assert registry.get_version("tsm-eval", "1").evaluations() == []  # only v2 measured
+
+    # a second evaluation keeps its own record (the labels are reused: same output)
+    again = evaluate("models:/tsm-eval@candidate", str(manifests["train"]), str(store / "out"))
+    runs = [e.run_id for e in registry.get_version("tsm-eval", v2).evaluations()]
+    assert runs == [result.run_id, again.run_id]
+    latest = registry.get_version("tsm-eval", v2).latest_evaluations()
+    assert list(latest) == [digest] and latest[digest].run_id == again.run_id
 
 
 def synthetic_rows(path):
     with open(path, newline="") as f:
         return [(r["uri"], r["label"]) for r in csv.DictReader(f)]
+
+
+def labelled(n: int, tag: str) -> list[tuple[str, str]]:
+    return [(f"/videos/{tag}/{i}.mp4", synthetic.CLASSES[i % 2]) for i in range(n)]
 
 
 def test_models_cli_register_list_promote(store):
@@ -97,13 +126,27 @@ def test_models_cli_register_list_promote(store):
                               "--name", "tsm-cli"])
     assert res.exit_code == 0 and "models:/tsm-cli/1" in res.output
     runner.invoke(app, ["models", "register", str(tiny_model(store / "b", 1)), "--name", "tsm-cli"])
+    # the same weights again: said so, nothing new
+    res = runner.invoke(app, ["models", "register", str(store / "a"), "--name", "tsm-cli"])
+    assert res.exit_code == 0 and "already registered as version 1" in res.output
+    assert [v.version for v in registry.list_versions("tsm-cli")] == ["1", "2"]
 
     res = runner.invoke(app, ["models", "promote", "tsm-cli", "1"])
-    assert res.exit_code == 2 and "no measured top-1" in res.output
-    registry.record_metrics("tsm-cli", "1", {"top1": 0.9, "top5": 1.0})
-    registry.record_metrics("tsm-cli", "2", {"top1": 0.5, "top5": 0.9})
+    assert res.exit_code == 2 and "has no evaluation" in res.output
+    big = evaluations.labelled_dataset(labelled(24, "big"), "/manifests/big.csv")
+    small = evaluations.labelled_dataset(labelled(2, "small"), "/manifests/small.csv")
+    registry.record_evaluation("tsm-cli", "1", big, {"top1": 0.875, "top5": 1.0,
+                                                     "num_videos": 24})
     assert runner.invoke(app, ["models", "promote", "tsm-cli", "1"]).exit_code == 0
 
+    # 1.0 on two videos is no evidence against 0.875 on 24: another dataset
+    registry.record_evaluation("tsm-cli", "2", small, {"top1": 1.0, "num_videos": 2})
+    res = runner.invoke(app, ["models", "promote", "tsm-cli", "2"])
+    assert res.exit_code == 2 and "no evaluation on the dataset @champion" in res.output
+    assert f"digest {big.digest}, 24 videos" in res.output and "/manifests/big.csv" in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
+
+    registry.record_evaluation("tsm-cli", "2", big, {"top1": 0.5, "num_videos": 24})
     res = runner.invoke(app, ["models", "promote", "tsm-cli", "2"])
     assert res.exit_code == 2 and "lower than @champion" in res.output
     assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
@@ -115,12 +158,41 @@ def test_models_cli_register_list_promote(store):
 
     res = runner.invoke(app, ["models", "list"])
     assert res.exit_code == 0 and "tsm-cli" in res.output and "champion" in res.output
+    assert big.digest in res.output and small.digest in res.output
+
+
+def test_models_info_any_uri(store):
+    runner = CliRunner()
+    folder = tiny_model(store / "a", 0)
+    registry.register_model(folder, "tsm-info", tags={"val_top1": "0.500000"})
+    registry.set_alias("tsm-info", "champion", "1")
+    big = evaluations.labelled_dataset(labelled(24, "big"), "/manifests/big.csv")
+    registry.record_evaluation("tsm-info", "1", big, {"top1": 0.875, "top5": 1.0,
+                                                      "num_videos": 24})
+    for uri in ("models:/tsm-info/1", "models:/tsm-info@champion"):
+        res = runner.invoke(app, ["models", "info", uri])
+        assert res.exit_code == 0, res.output
+        assert "arch: resnet18" in res.stdout and "registered: tsm-info version 1" in res.stdout
+        assert f"big.csv (digest {big.digest}, 24 videos): top-1 0.8750" in res.stdout
+        assert "tags: val_top1=0.500000" in res.stdout
+    res = runner.invoke(app, ["models", "info", "models:/tsm-info/1", "--json"])
+    info = json.loads(res.stdout)
+    assert info["registered"]["aliases"] == ["champion"] and info["registered"]["pyfunc"]
+    assert info["registered"]["weights_sha256"] == registry.weights_digest(folder)
+    assert info["registered"]["latest_evaluations"][0]["dataset_digest"] == big.digest
+    assert info["config"] == tsm_model.load_config(folder).to_dict()
+    # a folder, as before; an unknown version is one line
+    res = runner.invoke(app, ["models", "info", str(folder), "--json"])
+    assert res.exit_code == 0 and "registered" not in json.loads(res.stdout)
+    res = runner.invoke(app, ["models", "info", "models:/tsm-info/7"])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "version 7" in res.stderr
 
 
 @pytest.mark.parametrize("args, needle", [
     (["models", "register", "/no/such/dir", "--name", "x"], "not found"),
     (["models", "promote", "nope", "1"], "nope"),
     (["models", "list", "nope"], "nope"),
+    (["models", "info", "models:/nope@champion"], "nope"),
     (["evaluate", "--model", "models:/nope@champion", "--manifest", "m.csv"], "not found"),
 ])
 def test_cli_errors_are_one_line(store, args, needle):

@@ -64,7 +64,7 @@ def test_training_lowers_loss_and_registers(corpus, store):
     result = train(cfg, json.dumps(TINY), {})
     losses = [h["train_loss"] for h in result.history]
     assert len(losses) == 4 and min(losses[2:]) < losses[0]
-    assert result.version == "1"
+    assert result.version == "1" and result.registered
     saved = tsm_model.load(result.best_dir)
     assert saved.config.class_names == list(synthetic.CLASSES)
     assert saved.config.input_size == 32 and saved.config.shift
@@ -78,6 +78,11 @@ def test_training_lowers_loss_and_registers(corpus, store):
     assert run.data.params["model.arch"] == "resnet18"
     hist = MlflowClient().get_metric_history(result.run_id, "val_top1")
     assert [m.step for m in hist] == [1, 2, 3, 4]
+    # the version is an MLflow model, an output of the training run
+    logged = MlflowClient().get_logged_model(v.model_id)
+    assert logged.source_run_id == result.run_id
+    outputs = MlflowClient().get_run(result.run_id).outputs.model_outputs
+    assert [o.model_id for o in outputs] == [v.model_id]
     # the registered files are the saved best model
     ref = registry.resolve_model("models:/tsm-test/1")
     assert registry.weights_digest(ref.path) == registry.weights_digest(result.best_dir)

@@ -1,4 +1,4 @@
-"""Save/load round trip, official and mmaction2 import, bad checkpoints, `tsm model` CLI."""
+"""Save/load round trip, official and mmaction2 import, bad checkpoints, `tsm models` CLI."""
 
 from __future__ import annotations
 
@@ -394,7 +394,7 @@ def official_file(tmp_path: Path) -> Path:
 
 
 def test_cli_info_on_pth_and_saved_dir(official_file: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["model", "info", str(official_file), "--json"])
+    result = runner.invoke(app, ["models", "info", str(official_file), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["config"]["arch"] == "resnet18" and info["config"]["num_segments"] == 8
@@ -404,7 +404,7 @@ def test_cli_info_on_pth_and_saved_dir(official_file: Path, tmp_path: Path) -> N
     assert 27 < info["gflops_per_clip"] < 31
 
     save(_our_model(), tmp_path / "saved")
-    result = runner.invoke(app, ["model", "info", str(tmp_path / "saved")])
+    result = runner.invoke(app, ["models", "info", str(tmp_path / "saved")])
     assert result.exit_code == 0, result.output
     assert "arch: resnet18" in result.stdout and "GFLOPs per clip (4 x 224x224)" in result.stdout
 
@@ -413,7 +413,7 @@ def test_cli_import_official(official_file: Path, tmp_path: Path, clip: torch.Te
     names = tmp_path / "names.txt"
     names.write_text("".join(f"action {i}\n" for i in range(7)))
     out = tmp_path / "imported"
-    args = ["model", "import-official", str(official_file), "--out", str(out)]
+    args = ["models", "import", str(official_file), "--out", str(out)]
     result = runner.invoke(app, [*args, "--num-segments", str(T), "--class-names", str(names)])
     assert result.exit_code == 0, result.output
     assert "resnet18" in result.stdout
@@ -430,7 +430,7 @@ def test_cli_import_official(official_file: Path, tmp_path: Path, clip: torch.Te
 def test_cli_import_errors_are_one_line(
     extra: list[str], official_file: Path, tmp_path: Path
 ) -> None:
-    args = ["model", "import-official", str(official_file), "--out", str(tmp_path / "o"), *extra]
+    args = ["models", "import", str(official_file), "--out", str(tmp_path / "o"), *extra]
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
@@ -441,7 +441,23 @@ def test_cli_import_errors_are_one_line(
 def test_cli_info_errors_are_one_line(tmp_path: Path) -> None:
     torch.save(NotWeights(), tmp_path / "object.pth")
     for target in (tmp_path / "object.pth", tmp_path / "missing.pth"):
-        result = runner.invoke(app, ["model", "info", str(target)])
+        result = runner.invoke(app, ["models", "info", str(target)])
         assert result.exit_code == 2, result.output
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_deprecated_tsm_model_alias_still_works(official_file: Path, tmp_path: Path) -> None:
+    """`tsm model info|import-official` run the `tsm models` commands, with a note on stderr."""
+    from jobs.model_cmd import NOTE
+
+    result = runner.invoke(app, ["model", "info", str(official_file), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["config"]["arch"] == "resnet18"
+    assert result.stderr == NOTE + "\n"
+    out = tmp_path / "imported"
+    result = runner.invoke(app, ["model", "import-official", str(official_file), "--out", str(out)])
+    assert result.exit_code == 0 and result.stderr == NOTE + "\n"
+    assert load(out).config.arch == "resnet18"
+    commands = runner.invoke(app, ["--help"]).stdout
+    assert re.search(r"\bmodels\s", commands) and not re.search(r"[│|]\s+model\s", commands)
