@@ -116,9 +116,20 @@ def label(
         C.stall_timeout_s, "--stall-timeout",
         help="End the job if no video finishes for this many seconds (parts are kept).",
     ),
-    stream_threshold_mb: float = typer.Option(
-        C.stream_threshold_mb, "--stream-threshold-mb",
-        help="S3 objects larger than this are streamed by FFmpeg (ranged GETs), not read whole.",
+    sampling: str = typer.Option(
+        C.sampling, "--sampling",
+        help="Which frame of each segment: uniform (its centre, exact) or keyframe (the "
+        "cheapest to decode: far less decoding and reading).",
+    ),
+    whole_read_mb: float = typer.Option(
+        C.whole_read_mb, "--whole-read-mb",
+        help="S3 objects up to this size are read with one GET; larger ones with ranged GETs "
+        "of only what is decoded.",
+    ),
+    max_frame_pixels: int = typer.Option(
+        C.max_frame_pixels, "--max-frame-pixels",
+        help="Refuse videos whose frames are larger (error kind too_large); decode tasks "
+        "reserve memory for this size.",
     ),
     part_rows: int = typer.Option(
         SinkConfig.max_rows, "--part-rows",
@@ -139,7 +150,8 @@ def label(
             embeddings=embeddings, embedding_dtype=embedding_dtype, batch_size=batch_size,
             actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
             decode_timeout_s=decode_timeout, stall_timeout_s=stall_timeout,
-            stream_threshold_mb=stream_threshold_mb, bf16=bf16,
+            sampling=sampling, whole_read_mb=whole_read_mb, max_frame_pixels=max_frame_pixels,
+            bf16=bf16,
             sink=SinkConfig(max_rows=part_rows),
         )
     except LabelError as e:

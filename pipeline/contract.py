@@ -57,6 +57,7 @@ class ErrorKind(StrEnum):
     TRUNCATED = "truncated", True, "the container says the data ends early (a cut-off upload)"
     CORRUPT = "corrupt", True, "not a video, or damaged beyond decoding"
     NOT_A_FILE = "not_a_file", True, "a directory, FIFO or device with a video's name"
+    TOO_LARGE = "too_large", True, "frames larger than --max-frame-pixels (memory would not do)"
     BAD_NAME = "bad_name", True, "a file name that is not valid UTF-8 (rename the file)"
     # the store or the run, not the video
     MISSING = "missing", False, "the object does not exist (any more)"
@@ -64,6 +65,7 @@ class ErrorKind(StrEnum):
     SOURCE_CHANGED = "source_changed", False, "the object was rewritten between listing and reading"
     TIMEOUT = "timeout", False, "fetch + decode took longer than --decode-timeout"
     DECODER_CRASH = "decoder_crash", False, "the decoding process died (e.g. FFmpeg crashed)"
+    RESOURCE_LIMIT = "resource_limit", False, "decoding exceeded its memory cap"
     MODEL_ERROR = "model_error", False, "the model failed on the clip or gave a non-finite output"
     INTERNAL = "internal", False, "an unexpected failure (a bug); the message says what"
 
@@ -108,6 +110,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("width", pa.int32(), VIDEO, True, "frame width in pixels"),
     Column("height", pa.int32(), VIDEO, True, "frame height in pixels"),
     Column("frame_indices", pa.list_(pa.int32()), VIDEO, True, "the frames actually sampled"),
+    Column("frames_decoded", pa.int32(), VIDEO, True, "frames decoded to get the sample"),
+    Column("bytes_read", pa.int64(), VIDEO, True, "bytes fetched from the store to decode"),
+    Column("read_retries", pa.int32(), VIDEO, True, "store requests that had to be repeated"),
+    Column("decode_cpu_s", pa.float32(), VIDEO, True, "CPU seconds to fetch and decode"),
+    Column("decoder", pa.string(), VIDEO, True, "what decoded the frames: cpu or dali"),
     Column("run_id", pa.string(), STAMP, False, "the MLflow run that wrote the row"),
     Column("processed_at", pa.timestamp("us", tz="UTC"), STAMP, False, "when the row was made"),
     Column("sampling", pa.string(), STAMP, False,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import resource
 import select
 import signal
 import struct
@@ -36,6 +37,10 @@ START_TIMEOUT_S = 120.0  # importing torch and decord on a loaded machine
 
 class ChildError(RuntimeError):
     """The call raised inside the child; the message names the exception."""
+
+    def __init__(self, message: str, exception_type: str = ""):
+        super().__init__(message)
+        self.exception_type = exception_type
 
 
 class ChildCrashed(RuntimeError):
@@ -59,14 +64,17 @@ class ChildProcess:
     """One child Python process that runs `fn(*args)` calls one at a time.
 
     `warm` names modules the child imports before its first call, so that
-    call is not slowed (or timed out) by imports. The child inherits the
-    environment as it is when the child starts; if `os.environ` has changed
-    since, the next call restarts it, so credentials and endpoints are never
-    stale.
+    call is not slowed (or timed out) by imports. `memory_limit` (bytes) caps
+    the child's data segment (RLIMIT_DATA): past it allocations fail, so a
+    runaway decode ends in a MemoryError (or a crash) of the child alone. The
+    child inherits the environment as it is when the child starts; if
+    `os.environ` has changed since, the next call restarts it, so credentials
+    and endpoints are never stale.
     """
 
-    def __init__(self, warm: tuple[str, ...] = ()) -> None:
+    def __init__(self, warm: tuple[str, ...] = (), memory_limit: int | None = None) -> None:
         self.warm = warm
+        self.memory_limit = memory_limit
         self._proc: subprocess.Popen[bytes] | None = None
         self._env: dict[str, str] | None = None
 
@@ -78,7 +86,8 @@ class ChildProcess:
         self.close()
         self._env = dict(os.environ)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.isolation", *self.warm],
+            [sys.executable, "-m", "pipeline.isolation", str(self.memory_limit or 0),
+             *self.warm],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             # the child's stderr (FFmpeg's noise that escapes capture) goes where ours does
@@ -102,7 +111,7 @@ class ChildProcess:
             raise self._crashed() from None
         status, value = self._receive(timeout)
         if status == "error":
-            raise ChildError(value)
+            raise ChildError(*value)
         return value
 
     def _crashed(self) -> ChildCrashed:
@@ -163,7 +172,10 @@ def _serve() -> None:
         out.write(_HEADER.pack(len(data)) + data)
         out.flush()
 
-    for module in sys.argv[1:]:  # the caller's `warm` modules
+    limit, modules = int(sys.argv[1]), sys.argv[2:]
+    if limit:  # the caller's memory cap, before anything big is imported
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    for module in modules:  # the caller's `warm` modules
         importlib.import_module(module)
     send("ready", None)
     while header := inp.read(_HEADER.size):
@@ -172,7 +184,7 @@ def _serve() -> None:
         try:
             result = ("ok", fn(*args))
         except Exception as e:
-            result = ("error", one_line(e, with_type=True))
+            result = ("error", (one_line(e, with_type=True), type(e).__name__))
         send(*result)
 
 

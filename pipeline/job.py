@@ -36,6 +36,7 @@ from pipeline.stall import JobStalled, StallWatch, drain
 
 MiB = 1024 * 1024
 READERS = 2  # read tasks pulling listing chunks (they only cut chunks into blocks)
+COST = ("frames_decoded", "frames_used", "bytes_read", "read_retries", "decode_cpu_s")
 WRITERS = 4  # part-writing tasks at once
 
 
@@ -62,6 +63,7 @@ class LabelSummary:
     wall_time_s: float
     parts: list[str]
     tracking_uri: str
+    cost: dict[str, float]  # decoding totals: frames_decoded, frames_used, bytes_read, ...
 
     @property
     def processed(self) -> int:
@@ -83,6 +85,14 @@ class LabelSummary:
             "parts_written": len(self.parts),
         }
         out.update({f"errors_{kind}": n for kind, n in sorted(self.errors.items())})
+        videos = max(self.processed, 1)
+        out.update({
+            "frames_decoded_per_used": round(
+                self.cost.get("frames_decoded", 0) / max(self.cost.get("frames_used", 0), 1), 3),
+            "decode_cpu_s_per_video": round(self.cost.get("decode_cpu_s", 0) / videos, 4),
+            "bytes_read_per_video": round(self.cost.get("bytes_read", 0) / videos),
+            "read_retries": self.cost.get("read_retries", 0),
+        })
         return out
 
 
@@ -116,9 +126,9 @@ def decode_tasks(ds, spec: DecodeSpec):
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=1,
-        # a decode task holds a whole object (and decord copies it) plus frames;
+        # what the decoding child may use at most (its cap) plus the frames in the task;
         # declaring it also keeps Ray from fusing this stage into the model actors
-        memory=512 * MiB + 3 * spec.stream_threshold_bytes,
+        memory=spec.memory_bytes,
     )
 
 
@@ -178,6 +188,7 @@ def _start_run(plan: LabelPlan):
         "model_version": ref.version,
         "num_segments": plan.model_config.num_segments,
         "sampling": config.sampling,
+        "max_frame_pixels": config.max_frame_pixels,
         "top_k": config.top_k,
         "embeddings": config.embeddings,
         "embedding_dtype": config.embedding_dtype,
@@ -200,6 +211,7 @@ class _Run:
         self.parts: list[str] = []
         self.errors: Counter[str] = Counter()
         self.ok = 0
+        self.cost: Counter[str] = Counter()
         self.feed: Feed | None = None
         self.tally = None
 
@@ -251,6 +263,7 @@ class _Run:
                 self.parts.append(plan.table.store.join(plan.table.partition, row["part"]))
                 self.ok += row["ok"]
                 self.errors.update(json.loads(row["errors"]))
+                self.cost.update({k: row[k] for k in COST})
                 progress.written += row["rows"]
         self.feed.check()
         self._read_tally()
@@ -334,7 +347,7 @@ def run_plan(
             listed=plan.listing.listed, duplicates=plan.listing.duplicates,
             invalid_rows=plan.listing.invalid_rows, skipped=feed_stats.skipped,
             ok=job.ok, errors=dict(job.errors), wall_time_s=time.monotonic() - started,
-            parts=list(job.parts), tracking_uri=run.tracking_uri,
+            parts=list(job.parts), tracking_uri=run.tracking_uri, cost=dict(job.cost),
         )
         _record(plan, summary)
         run.log_metrics(summary.metrics())
@@ -378,6 +391,7 @@ def _record(plan: LabelPlan, summary: LabelSummary) -> None:
                    "errors": summary.errors, "duplicates": summary.duplicates,
                    "invalid_rows": summary.invalid_rows},
         "parts": [p.rsplit("/", 1)[-1] for p in summary.parts],
+        "cost": summary.cost,
         "wall_time_s": round(summary.wall_time_s, 3),
     })
 

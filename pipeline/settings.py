@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 from pipeline.contract import EMBEDDING_DTYPES
 from pipeline.errors import check
+from pipeline.sampling import SAMPLINGS
 from pipeline.sink import SinkConfig
 
 EXPERIMENT = "tsm-label"
-SAMPLINGS = ("uniform",)
 MAX_DECODE_TIMEOUT_S = 24 * 3600
 MAX_STALL_TIMEOUT_S = 7 * 24 * 3600
-# each decode task reserves memory for ~3 copies of an object read whole
-MAX_STREAM_THRESHOLD_MB = 1024
+MAX_WHOLE_READ_MB = 1024  # an object read whole sits in a decode task's memory
+MIN_FRAME_PIXELS, MAX_FRAME_PIXELS = 64 * 64, 16384 * 16384
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class LabelConfig:
     output: str
     model: str
     num_segments: int | None = None  # None: the model's own
-    sampling: str = "uniform"  # which frame of each segment: its centre
+    sampling: str = "uniform"  # which frame of each segment: its centre, or the cheapest
     top_k: int = 5
     embeddings: bool = True
     embedding_dtype: str = "float32"
@@ -45,7 +45,12 @@ class LabelConfig:
     torch_threads: int | None = None  # None: 1 per actor on CPU
     bf16: bool = False
     decode_timeout_s: float = 120.0
-    stream_threshold_mb: float = 64.0
+    # S3 objects up to this size are read with one GET; larger ones with ranged GETs of
+    # what the decoder reads (its index and the packets of the frames it decodes)
+    whole_read_mb: float = 16.0
+    # frames larger than this are refused from the header (kind too_large), so one hostile
+    # file cannot exhaust a node; 4K UHD by default, and the decode tasks' memory follows
+    max_frame_pixels: int = 3840 * 2160
     videos_per_decode_task: int = 4
     # end the job if no video comes out for this long (an actor crashing on every
     # retry would otherwise hold it forever); generous, for clusters that scale up
@@ -74,9 +79,11 @@ class LabelConfig:
               f"got {self.decode_timeout_s}")
         check(0 < self.stall_timeout_s <= MAX_STALL_TIMEOUT_S,
               f"stall timeout must be in (0, {MAX_STALL_TIMEOUT_S}] s, got {self.stall_timeout_s}")
-        check(math.isfinite(self.stream_threshold_mb)
-              and 0 <= self.stream_threshold_mb <= MAX_STREAM_THRESHOLD_MB,
-              f"stream threshold must be in [0, {MAX_STREAM_THRESHOLD_MB}] MB, "
-              f"got {self.stream_threshold_mb}")
+        check(math.isfinite(self.whole_read_mb)
+              and 0 <= self.whole_read_mb <= MAX_WHOLE_READ_MB,
+              f"whole read must be in [0, {MAX_WHOLE_READ_MB}] MB, got {self.whole_read_mb}")
+        check(MIN_FRAME_PIXELS <= self.max_frame_pixels <= MAX_FRAME_PIXELS,
+              f"max frame pixels must be in [{MIN_FRAME_PIXELS}, {MAX_FRAME_PIXELS:,}], "
+              f"got {self.max_frame_pixels}")
         check(self.videos_per_decode_task >= 1,
               f"videos per decode task must be >= 1, got {self.videos_per_decode_task}")

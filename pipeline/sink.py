@@ -84,15 +84,29 @@ def write_part(batch: pa.Table, spec: PartSpec) -> pa.Table:
         # fencing: a task of a run that died and whose output another run has taken over
         # must not add rows the new run has not accounted for
         if not store_for(spec.output).lease(spec.output, spec.lease_id).holds():
-            return pa.table({"part": [""], "rows": [0], "ok": [0], "errors": ["{}"]})
+            return _summary("", table.slice(0, 0))
         store.publish(tmp, uri)
     finally:
         tmp.unlink(missing_ok=True)  # once published it is already gone
+    return _summary(name, table)
+
+
+def _summary(part: str, table: pa.Table) -> pa.Table:
+    """One row: the part's name, its rows by verdict, and what decoding them cost."""
     ok = pc.equal(table["status"], Status.OK.value)
     errors = Counter(table.filter(pc.invert(ok))["error_kind"].to_pylist())
+
+    def total(column: str) -> float:
+        return pc.sum(table[column]).as_py() or 0
+
     return pa.table({
-        "part": [name],
+        "part": [part],
         "rows": [table.num_rows],
         "ok": [pc.sum(ok).as_py() or 0],
         "errors": [json.dumps(dict(errors), sort_keys=True)],
+        "frames_decoded": [total("frames_decoded")],
+        "frames_used": [pc.sum(pc.list_value_length(table["frame_indices"])).as_py() or 0],
+        "bytes_read": [total("bytes_read")],
+        "read_retries": [total("read_retries")],
+        "decode_cpu_s": [total("decode_cpu_s")],
     })

@@ -15,13 +15,14 @@ A video is done, for a model version and the settings that shape labels
 (sampling, number of segments), when a committed part holds a row for its
 `(video_uri, source_version)` with a final verdict: labelled, or an error
 the video itself causes. Rows with retryable errors (the store, a timeout, a
-crash) are not done: the next run tries those videos again, and readers take
-the latest row per video (see docs/labelling.md).
+crash) are not done: the next run tries those videos again, up to a retry
+budget, and readers take the latest row per video (see docs/labelling.md).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
@@ -41,6 +42,9 @@ RUNS = "_runs"
 # writer may leave behind
 STAGING_PATTERN = f".{PART_PREFIX}*.tmp"
 READ_WORKERS = 16
+# a video whose retryable errors already fill this many rows is not tried again (a file that
+# crashes or hangs the decoder every time would otherwise be retried every night forever)
+RETRY_BUDGET = 3
 
 
 class OutputError(LabelError):
@@ -116,20 +120,29 @@ class OutputTable:
         self._each_part(check, self.parts())
 
     def done(self, sampling: str, num_segments: int) -> KeySet:
-        """Keys of the videos with a final verdict for these settings (see the module doc)."""
+        """Keys of the videos with a final verdict for these settings (see the module doc),
+        and of those that spent their retry budget."""
 
-        def keys(part: ObjectInfo) -> list[bytes]:
+        def keys(part: ObjectInfo) -> tuple[list[bytes], list[bytes]]:
             table = self._open(part).read(columns=list(KEY_COLUMNS))
             mine = pc.and_(pc.equal(table["sampling"], sampling),
                            pc.equal(table["num_segments"], num_segments))
-            final = pc.or_(pc.equal(table["status"], Status.OK.value),
-                           pc.is_in(table["error_kind"], pa.array(FINAL_KINDS, pa.string())))
-            table = table.filter(pc.and_(mine, pc.fill_null(final, False)))
-            return hash_keys(table["video_uri"].to_pylist(), table["source_version"].to_pylist())
+            table = table.filter(mine)
+            final = pc.fill_null(pc.or_(
+                pc.equal(table["status"], Status.OK.value),
+                pc.is_in(table["error_kind"], pa.array(FINAL_KINDS, pa.string()))), False)
 
-        done = KeySet()
-        for chunk in self._each_part(keys, self.parts()):
-            done.add(chunk)
+            def hashed(rows: pa.Table) -> list[bytes]:
+                return hash_keys(rows["video_uri"].to_pylist(),
+                                 rows["source_version"].to_pylist())
+
+            return hashed(table.filter(final)), hashed(table.filter(pc.invert(final)))
+
+        done, tries = KeySet(), Counter()
+        for final, retryable in self._each_part(keys, self.parts()):
+            done.add(final)
+            tries.update(retryable)
+        done.add(key for key, n in tries.items() if n >= RETRY_BUDGET)
         return done
 
     def clean_staging(self) -> int:

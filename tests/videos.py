@@ -3,7 +3,7 @@
 The good videos show ffmpeg's `testsrc2` pattern, whose moving parts and frame
 counter change on every frame, so a frame compared against ffmpeg's own decode
 of frame K matches K and not a neighbour. Reference frames come from ffmpeg's
-`select=eq(n\\,K)` filter, independent of decord.
+`select=eq(n\\,K)` filter, independent of the decoder under test.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Spec:
     vfr: bool = False
     # testsrc2 only makes even sizes; an odd size is made by scaling to it
     scale_to: tuple[int, int] | None = None
+    gop: int = 12  # frames between keyframes
 
 
 # H.264, HEVC, VP9, MPEG-4, an odd size, variable frame rate and a single frame.
@@ -49,7 +50,7 @@ SPECS: dict[str, Spec] = {
         # odd sizes need 4:4:4 (4:2:0 chroma needs even dimensions)
         Spec("odd", ("-c:v", "libx264", "-pix_fmt", "yuv444p", "-preset", "ultrafast"),
              width=320, height=240, frames=30, scale_to=(317, 239)),
-        # decord pads the rows of some widths (96 is one): the frames must still be right
+        # some decoders pad the rows of some widths (96 is one): the frames must still be right
         Spec("w96", ("-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast"),
              width=96, height=64, frames=20),
         Spec("vfr", ("-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast"),
@@ -87,7 +88,7 @@ def make_video(spec: Spec, path: Path) -> Path:
     vf = ["-vf", ",".join(filters)] if filters else []
     _run([
         "-f", "lavfi", "-i", src, "-frames:v", str(spec.frames), *vf, *timing,
-        *spec.codec_args, "-g", "12", str(path),
+        *spec.codec_args, "-g", str(spec.gop), str(path),
     ])
     return path
 

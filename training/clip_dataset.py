@@ -11,7 +11,6 @@ flips, rotations or time reversal: each would swap a class with its pair
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass
@@ -24,13 +23,13 @@ from torchvision.transforms.v2 import functional as F
 
 from pipeline.decoders import DecodeError, decoder_for
 from pipeline.errors import LabelError
-from pipeline.sampling import segment_indices
+from pipeline.sampling import sampler
 from pipeline.settings import LabelConfig
 from pipeline.store import ObjectInfo, store_for
 from pipeline.transforms import resize_crop
 
-# read videos as the label job does: objects over its stream threshold are never held whole
-STREAM_THRESHOLD = int(LabelConfig.stream_threshold_mb * 1024 * 1024)
+# read videos as the label job does
+WHOLE_BELOW = int(LabelConfig.whole_read_mb * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -117,16 +116,13 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         uri, label = self.rows[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        sampler = functools.partial(segment_indices, num_segments=self.num_segments,
-                                    train=self.train, rng=rng)
-        video = store_for(uri).video_input(ObjectInfo(uri, -1, ""), STREAM_THRESHOLD)
-        try:
-            frames = decoder_for("cpu").decode(video.source, sampler).frames
-        except DecodeError as e:
-            # a training set with a broken video is a data bug to fix, so say which one
-            raise ValueError(f"{uri}: cannot decode ({e.kind}): {e.message}") from None
-        finally:
-            video.close()
+        frames_of = sampler("uniform", self.num_segments, train=self.train, rng=rng)
+        with store_for(uri).open_video(ObjectInfo(uri, -1, ""), WHOLE_BELOW) as video:
+            try:
+                frames = decoder_for("cpu").decode(video, frames_of).frames
+            except DecodeError as e:
+                # a training set with a broken video is a data bug to fix, so say which one
+                raise ValueError(f"{uri}: cannot decode ({e.kind}): {e.message}") from None
         if not self.train:
             return torch.from_numpy(resize_crop(frames, self.resize_size, self.input_size)), label
         return self._augment(frames, rng), label

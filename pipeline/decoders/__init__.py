@@ -9,7 +9,9 @@ Any input that is not a decodable video raises `DecodeError` with a
 machine-readable `ErrorKind`; storage failures while reading stay `OSError`s,
 so callers can tell a broken video from a broken network.
 
-Implementations: `cpu` (decord, `pipeline.decoders.decord_cpu`).
+Implementations: `cpu` (PyAV, `pipeline.decoders.pyav`): exact frames, reading the
+container's index and only the bytes of the frames it decodes, through any seekable
+file object.
 """
 
 from __future__ import annotations
@@ -23,8 +25,18 @@ import numpy as np
 
 from pipeline.contract import ErrorKind
 
-# num_frames -> the frame indices to decode (int32, in clip order)
-Sampler = Callable[[int], np.ndarray]
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """What a sampler may use: the frame count, and the keyframes when the container's index
+    gives them without reading the video (None when it does not)."""
+
+    num_frames: int
+    keyframes: tuple[int, ...] | None = None
+
+
+# a video's index -> the frame indices to decode (int32, in clip order)
+Sampler = Callable[[VideoIndex], np.ndarray]
 
 
 class DecodeError(Exception):
@@ -49,11 +61,13 @@ class VideoMeta:
 
 @dataclass(frozen=True)
 class DecodedClip:
-    """The sampled frames of one video: `frames` uint8 `(T, H, W, 3)` RGB, `indices` int32."""
+    """The sampled frames of one video: `frames` uint8 `(T, H, W, 3)` RGB, `indices` int32,
+    and the cost: frames the decoder decoded to get them (the accounting of issue 10)."""
 
     frames: np.ndarray
     indices: np.ndarray
     meta: VideoMeta
+    frames_decoded: int
 
 
 class Decoder(ABC):
@@ -62,14 +76,16 @@ class Decoder(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def decode(self, source: str | BinaryIO, sampler: Sampler) -> DecodedClip:
-        """The sampled frames of the video at `source`; raises DecodeError for bad video."""
+    def decode(self, source: str | BinaryIO, sampler: Sampler, *,
+               max_pixels: int | None = None) -> DecodedClip:
+        """The sampled frames of the video at `source`; raises DecodeError for bad video
+        (kind `too_large`, before decoding anything, for frames over `max_pixels`)."""
 
 
 def decoder_for(name: str) -> Decoder:
     """The decoder called `name`."""
     if name == "cpu":
-        from pipeline.decoders.decord_cpu import DecordDecoder
+        from pipeline.decoders.pyav import PyAVDecoder
 
-        return DecordDecoder()
+        return PyAVDecoder()
     raise ValueError(f"unknown decoder {name!r} (known: cpu)")

@@ -1,7 +1,8 @@
 """Where videos, manifests and outputs live: local paths or S3, behind one interface.
 
     store = store_for(uri)     # chosen once from the URI
-    store.stat(uri); store.list(prefix); store.open_input(uri); store.publish(tmp, uri)
+    store.stat(uri); store.list(prefix); store.open_video(obj, whole_below)
+    store.open_input(uri); store.staging_path(uri); store.publish(tmp, uri); store.lease(...)
 
 `store_for` is the one place that looks at a URI's scheme.
 """
@@ -9,11 +10,11 @@
 from __future__ import annotations
 
 from pipeline.store.base import (
+    NotAFileError,
     ObjectInfo,
     SourceChangedError,
     StorageReadError,
     Store,
-    VideoInput,
 )
 from pipeline.store.local import LocalStore
 from pipeline.store.s3 import S3Store
@@ -42,6 +43,7 @@ def resolve(entry: str, base: str) -> str:
 
 __all__ = [
     "LocalStore",
+    "NotAFileError",
     "ObjectInfo",
     "S3Store",
     "SourceChangedError",

@@ -22,6 +22,10 @@ class StorageReadError(OSError):
     """The store refused or failed a read (after retries)."""
 
 
+class NotAFileError(OSError):
+    """A path that exists but is no regular file (a directory, a FIFO, a device)."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """An input object: where it is, its size, and the version that identifies its bytes.
@@ -33,23 +37,6 @@ class ObjectInfo:
     uri: str
     size: int
     version: str
-
-
-@dataclass(frozen=True)
-class VideoInput:
-    """What a decoder reads: a local path, an in-memory file, or a URL it fetches itself.
-
-    `remote_stream` marks a URL the decoder pulls over the network on its own:
-    a read failure there is the network's, and the object's version can only be
-    checked after the decode.
-    """
-
-    source: str | BinaryIO
-    remote_stream: bool = False
-
-    def close(self) -> None:
-        if not isinstance(self.source, str):
-            self.source.close()
 
 
 Kind = Literal["object", "container", "missing"]
@@ -98,9 +85,10 @@ class Store(ABC):
         """A seekable binary stream that reads only what its reader asks for."""
 
     @abstractmethod
-    def video_input(self, obj: ObjectInfo, stream_threshold: int) -> VideoInput:
-        """What a decoder should read for `obj` (objects over `stream_threshold` bytes
-        are never held in memory whole)."""
+    def open_video(self, obj: ObjectInfo, whole_below: int) -> BinaryIO:
+        """A seekable stream over a video for a decoder, counting what it fetches
+        (`bytes_read`, `retries`); objects over `whole_below` bytes are never held whole.
+        NotAFileError for something that is not a regular file."""
 
     @abstractmethod
     def staging_path(self, uri: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat as stat_mod
 import tempfile
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.store.base import Kind, ObjectInfo, Store, VideoInput, wanted
+from pipeline.store.base import Kind, NotAFileError, ObjectInfo, Store, wanted
 
 
 def local_path(uri: str) -> Path:
@@ -19,6 +20,25 @@ def local_path(uri: str) -> Path:
 
 def _info(path: Path, st: os.stat_result) -> ObjectInfo:
     return ObjectInfo(str(path), st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+
+
+class CountingFile(io.FileIO):
+    """A local file that counts the bytes read from it (`bytes_read`; `retries` is 0)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, "r")
+        self.bytes_read = self.retries = 0
+
+    # FileIO's read() does not go through readinto(): both count
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.bytes_read += len(data or b"")
+        return data
+
+    def readinto(self, buffer) -> int:
+        n = super().readinto(buffer)
+        self.bytes_read += n or 0
+        return n
 
 
 class LocalStore(Store):
@@ -63,12 +83,12 @@ class LocalStore(Store):
                    version: str | None = None) -> BinaryIO:
         return open(local_path(uri), "rb")
 
-    def video_input(self, obj: ObjectInfo, stream_threshold: int) -> VideoInput:
-        # FFmpeg reads and seeks a path itself; a directory or a device is not a video
+    def open_video(self, obj: ObjectInfo, whole_below: int) -> BinaryIO:
+        # checked before opening: opening a FIFO would wait for a writer forever
         path = local_path(obj.uri)
         if not stat_mod.S_ISREG(os.stat(path).st_mode):
-            raise IsADirectoryError(f"not a regular file: {obj.uri}")
-        return VideoInput(str(path))
+            raise NotAFileError(f"not a regular file: {obj.uri}")
+        return CountingFile(path)
 
     def staging_path(self, uri: str) -> Path:
         # hidden, in the destination's own directory: publishing is an atomic rename

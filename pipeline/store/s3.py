@@ -2,8 +2,10 @@
 
 The standard AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_REGION`,
 `AWS_ENDPOINT_URL` for S3-compatible stores, ...) are read by boto3 itself,
-so credentials never pass through this code or its logs. Transient errors
-are retried by botocore's standard retry mode.
+so credentials never pass through this code or its logs. A request that
+fails is retried by botocore's standard retry mode, a body that breaks off
+by `get_object`, both with backoff; what still fails is a `StorageReadError`
+(an OSError), never taken for a bad video.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import functools
 import io
 import os
+import random
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -22,18 +26,17 @@ from pipeline.store.base import (
     SourceChangedError,
     StorageReadError,
     Store,
-    VideoInput,
     wanted,
 )
 
 S3_RETRIES = {"mode": "standard", "max_attempts": 8}
-# Ranged reads: how far a buffered stream reads ahead per GET, and how often
-# one GET is repeated when its body breaks off mid-stream (botocore retries
-# the request, not the reading of a streamed body).
-READ_AHEAD = 8 * 1024 * 1024
-BODY_RETRIES = 3
-PRESIGN_EXPIRES_S = 3600  # longer than any per-video decode timeout
+# botocore retries a request that fails (5xx, throttling, a refused connection); not a body
+# that breaks off mid-stream. Those are fetched again here, with the same backoff.
+BODY_RETRIES = 5
+BACKOFF_S = 0.2  # doubled at each retry, with jitter
 NOT_FOUND_CODES = ("404", "NoSuchKey", "NotFound")
+BLOCK = 64 * 1024  # the smallest ranged GET
+MAX_AHEAD = 2 * 1024 * 1024  # read-ahead grows to this while reads are sequential
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -59,63 +62,72 @@ def _error_code(e: Exception) -> str:
     return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
 
 
-def _get_object(uri: str, version: str | None = None, byte_range: str | None = None) -> bytes:
-    """One GET (optionally ranged, optionally pinned to an ETag), body read included.
+def get_object(uri: str, version: str | None = None,
+               byte_range: tuple[int, int] | None = None) -> tuple[bytes, int]:
+    """One GET (optionally bytes [start, end), optionally pinned to an ETag): `(body, retries)`.
 
     FileNotFoundError for a missing object, SourceChangedError when the ETag no
-    longer matches, StorageReadError for any other failure: all OSErrors, so a
-    decoder reading through a stream can tell storage failures from bad video.
-    A body that breaks off mid-stream is fetched again.
+    longer matches, StorageReadError once retries are spent: all OSErrors, so a
+    decoder reading through a stream can tell a storage failure from a bad video.
+    `retries` counts the requests that were repeated (botocore's and ours).
     """
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        IncompleteReadError,
-        ReadTimeoutError,
-        ResponseStreamingError,
-    )
+    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3(uri)
     args: dict = {"Bucket": bucket, "Key": key}
     if version:
         args["IfMatch"] = f'"{version}"'
     if byte_range:
-        args["Range"] = byte_range
-    for attempt in range(BODY_RETRIES):
+        args["Range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
+    retries = 0
+    for attempt in range(BODY_RETRIES + 1):
         try:
-            return s3_client().get_object(**args)["Body"].read()
+            resp = s3_client().get_object(**args)
+            retries += resp.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            body = resp["Body"].read()
+            if byte_range and len(body) != byte_range[1] - byte_range[0]:
+                raise StorageReadError(f"{uri}: a short body ({len(body)} bytes)")
+            return body, retries
         except ClientError as e:
             code = _error_code(e)
             if code in NOT_FOUND_CODES:
                 raise FileNotFoundError(uri) from None
             if code == "PreconditionFailed":
                 raise SourceChangedError(f"{uri} changed since it was listed") from None
-            raise StorageReadError(f"{uri}: {code or e}") from e
-        except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError) as e:
-            if attempt == BODY_RETRIES - 1:
-                raise StorageReadError(f"{uri}: {e}") from e
-        except BotoCoreError as e:  # connection refused, endpoint unreachable, ...
-            raise StorageReadError(f"{uri}: {e}") from e
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise PermissionError(f"{uri}: {code}") from None
+            error: Exception = e  # 5xx or throttling after botocore's own retries
+        except (BotoCoreError, StorageReadError, ConnectionError) as e:  # broken body, reset
+            error = e
+        if attempt == BODY_RETRIES:
+            raise StorageReadError(f"{uri}: {_error_code(error) or error}") from error
+        retries += 1
+        time.sleep(BACKOFF_S * 2 ** attempt * random.uniform(0.5, 1.0))
     raise AssertionError("unreachable")
 
 
 class RangedReader(io.RawIOBase):
     """A seekable, read-only stream over an S3 object, served by ranged GETs.
 
-    Each `readinto` fetches just the bytes asked for (wrap it in
-    `io.BufferedReader` to read in sensible chunks), so a reader that seeks,
-    such as pyarrow reading a Parquet footer and a few columns, fetches only
-    what it reads. Every GET is pinned to `version` (If-Match), so all ranges
-    come from the same object version.
+    Reads are served from a window fetched with one GET, at least `BLOCK`
+    bytes; while reads go on sequentially the window doubles up to
+    `MAX_AHEAD`, and a seek starts small again. So a reader that seeks (a
+    demuxer reading an index and a few frames, pyarrow reading a Parquet
+    footer and a few columns) fetches little more than it reads, in few
+    requests. Every GET is pinned to `version` (If-Match), so all ranges come
+    from the same object version. `bytes_read` and `retries` count the
+    fetching.
     """
 
     def __init__(self, uri: str, size: int, version: str | None = None):
         super().__init__()
         split_s3(uri)  # validates the URI now rather than at the first read
-        self.uri = uri
-        self.size = size
-        self.version = version
+        self.uri, self.size, self.version = uri, size, version
+        self.bytes_read = self.retries = 0
         self._pos = 0
+        self._window = b""
+        self._window_start = 0
+        self._ahead = BLOCK
 
     def readable(self) -> bool:
         return True
@@ -140,27 +152,34 @@ class RangedReader(io.RawIOBase):
         self._pos = pos
         return pos
 
-    def _range(self, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the object."""
-        return _get_object(self.uri, self.version, f"bytes={start}-{end - 1}")
+    def _fetch(self, start: int, end: int) -> None:
+        body, retries = get_object(self.uri, self.version, (start, end))
+        self.bytes_read += len(body)
+        self.retries += retries
+        self._window, self._window_start = body, start
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         n = min(len(view), self.size - self._pos)
         if n <= 0:
             return 0
-        data = self._range(self._pos, self._pos + n)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        offset = self._pos - self._window_start
+        if not offset >= 0 or offset + n > len(self._window):
+            sequential = self._pos == self._window_start + len(self._window)
+            self._ahead = min(2 * self._ahead, MAX_AHEAD) if sequential else BLOCK
+            self._fetch(self._pos, min(self.size, self._pos + max(n, self._ahead)))
+            offset = 0
+        view[:n] = self._window[offset : offset + n]
+        self._pos += n
+        return n
 
-    def readall(self) -> bytes:
-        start, end = self._pos, self.size
-        if start >= end:
-            return b""
-        data = self._range(start, end)
-        self._pos = end
-        return data
+
+class CountedBytes(io.BytesIO):
+    """An object read whole by one GET, with the same counters as `RangedReader`."""
+
+    def __init__(self, data: bytes, retries: int):
+        super().__init__(data)
+        self.bytes_read, self.retries = len(data), retries
 
 
 class S3Store(Store):
@@ -213,35 +232,22 @@ class S3Store(Store):
                     yield ObjectInfo(uri, int(obj["Size"]), obj["ETag"].strip('"'))
 
     def read_bytes(self, uri: str, version: str | None = None) -> bytes:
-        return _get_object(uri, version)
+        return get_object(uri, version)[0]
 
     def open_input(self, uri: str, *, size: int | None = None,
                    version: str | None = None) -> BinaryIO:
-        # buffered: a reader that seeks (a Parquet footer, a few columns) fetches what it reads
         if size is None:
             info = self.stat(uri)
             size, version = info.size, version or info.version
-        return io.BufferedReader(RangedReader(uri, size, version), buffer_size=READ_AHEAD)
+        return RangedReader(uri, size, version)
 
-    def video_input(self, obj: ObjectInfo, stream_threshold: int) -> VideoInput:
-        # Small objects: one GET pinned to the listed version, decoded from memory. Larger
-        # ones: a presigned URL that FFmpeg reads with ranged GETs, so memory stays bounded
-        # by its buffers whatever the video's size.
+    def open_video(self, obj: ObjectInfo, whole_below: int) -> BinaryIO:
+        # small objects: one GET pinned to the listed version (fewer requests than reading
+        # parts); larger ones: ranged GETs of what the decoder reads, memory bounded
         size = obj.size if obj.size >= 0 else self.stat(obj.uri).size
-        if size > stream_threshold:
-            return VideoInput(self.presigned_url(obj.uri), remote_stream=True)
-        return VideoInput(io.BytesIO(self.read_bytes(obj.uri, obj.version or None)))
-
-    def presigned_url(self, uri: str, expires_s: int = PRESIGN_EXPIRES_S) -> str:
-        """A URL that lets FFmpeg GET the object (ranges included) without our credentials.
-
-        It carries a signature valid for this one object until it expires, never
-        the secret key; callers keep it out of logs and rows all the same.
-        """
-        bucket, key = split_s3(uri)
-        return s3_client().generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
-        )
+        if size > whole_below:
+            return RangedReader(obj.uri, size, obj.version or None)
+        return CountedBytes(*get_object(obj.uri, obj.version or None))
 
     def staging_path(self, uri: str) -> Path:
         # a local scratch file; the object only appears once the upload completes

@@ -13,12 +13,20 @@ from conftest import BROKEN
 
 from pipeline.contract import VIDEO_COLUMNS, ErrorKind
 from pipeline.decode_stage import DecodeSpec, decode_batch, decode_bounded
+from pipeline.fetch_decode import FetchDecode
 from pipeline.listing import INPUT_SCHEMA
 from pipeline.store import ObjectInfo, store_for
 from pipeline.store.s3 import s3_client
 
-SPEC = DecodeSpec(num_segments=4, resize_size=40, input_size=32, timeout_s=30,
-                  stream_threshold_bytes=64 << 20)
+
+def spec(threshold_mb: float = 16, timeout_s: float = 60, mode: str = "uniform",
+         max_pixels: int = 3840 * 2160) -> DecodeSpec:
+    job = FetchDecode(num_segments=4, sampling=mode, max_frame_pixels=max_pixels,
+                      whole_below=int(threshold_mb * 1024 * 1024))
+    return DecodeSpec(job, resize_size=40, input_size=32, timeout_s=timeout_s)
+
+
+SPEC = spec()
 
 
 def obj(path) -> ObjectInfo:
@@ -31,18 +39,22 @@ def test_good_video_gives_a_cropped_uint8_clip(video_corpus):
     assert r.video["frame_indices"] == [3, 11, 18, 26]
     assert (r.video["width"], r.video["height"], r.video["num_frames"]) == (317, 239, 30)
     assert set(r.video) == {c.name for c in VIDEO_COLUMNS}  # every measured column, no other
+    assert r.video["decoder"] == "cpu" and r.video["frames_decoded"] >= 4
+    assert r.video["bytes_read"] > 0 and r.video["decode_cpu_s"] > 0
 
 
 def test_every_bad_input_is_one_error_result(video_corpus, tmp_path):
     for name, kind in BROKEN.items():
         r = decode_bounded(obj(video_corpus[name]), SPEC)
         assert (r.ok, r.error_kind) == (False, kind), name
-        assert r.error_message and r.video is None
+        assert r.error_message
+        # what reading cost is kept; no measurement of a video that was not decoded
+        assert "frame_indices" not in (r.video or {}) and "num_frames" not in (r.video or {})
     gone = decode_bounded(ObjectInfo(str(tmp_path / "gone.mp4"), -1, ""), SPEC)
     assert gone.error_kind == ErrorKind.MISSING
     (tmp_path / "dir.mp4").mkdir()
     d = decode_bounded(ObjectInfo(str(tmp_path / "dir.mp4"), 0, "x"), SPEC)
-    assert d.error_kind == ErrorKind.READ_ERROR
+    assert d.error_kind == ErrorKind.NOT_A_FILE
 
 
 def test_batch_has_one_row_per_input_with_nulls_for_errors(video_corpus):
@@ -101,13 +113,25 @@ def black_hole(monkeypatch):
 
 @pytest.mark.parametrize("threshold", [None, 0])
 def test_a_hung_read_or_decode_times_out_and_the_console_comes_back(black_hole, capfd, threshold):
-    # threshold None: the whole-object GET hangs; 0: the ranged stream hangs inside
-    # decord's reading of it, while the decoder's stderr is being captured
-    spec = DecodeSpec(num_segments=4, resize_size=40, input_size=32, timeout_s=1.0,
-                      stream_threshold_bytes=threshold if threshold is not None else 1 << 30)
-    r = decode_bounded(ObjectInfo("s3://stalled/v.mp4", 5000, "etag"), spec)
+    # threshold None: the whole-object GET hangs; 0: a ranged GET hangs inside the
+    # decoder's reading of it
+    one = spec(threshold_mb=(threshold if threshold is not None else 1 << 30) / 1024 / 1024,
+               timeout_s=1.0)
+    r = decode_bounded(ObjectInfo("s3://stalled/v.mp4", 5000, "etag"), one)
     assert (r.ok, r.error_kind) == (False, ErrorKind.TIMEOUT)
     assert "1 s" in r.error_message
     capfd.readouterr()
     os.write(2, b"console works\n")
     assert capfd.readouterr().err == "console works\n"
+
+
+def test_frames_over_the_limit_are_refused_before_decoding(video_corpus):
+    r = decode_bounded(obj(video_corpus["odd"]), spec(max_pixels=100 * 100))
+    assert r.error_kind == ErrorKind.TOO_LARGE and "317x239" in r.error_message
+    assert ErrorKind.TOO_LARGE.final  # the same file would be refused again: not retried
+
+
+def test_a_decode_task_declares_the_memory_its_limits_allow():
+    small, large = spec(max_pixels=1920 * 1080), spec(max_pixels=7680 * 4320)
+    assert small.memory_bytes < large.memory_bytes
+    assert large.memory_bytes - small.memory_bytes == 48 * (7680 * 4320 - 1920 * 1080)

@@ -1,29 +1,28 @@
-"""decord decoding: the right frames (checked against ffmpeg's own decode), and clear errors."""
+"""The CPU decoder (PyAV): the right frames (checked against ffmpeg's own decode), read
+sparingly, and clear errors."""
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 
 import numpy as np
 import pytest
-import torch  # noqa: F401  (before decord, always: see pipeline/decoders/decord_cpu.py)
 import videos
 from conftest import BROKEN, GOOD
 
 from pipeline.decoders import DecodeError, decoder_for
-from pipeline.sampling import segment_indices
+from pipeline.sampling import sampler
 
 
-def decode_clip(source, num_segments: int, **sampling):
+def decode_clip(source, num_segments: int, mode: str = "uniform", **sampling):
     """(frames, indices, meta) of the CPU decoder with TSN sampling."""
-    sampler = functools.partial(segment_indices, num_segments=num_segments, **sampling)
-    clip = decoder_for("cpu").decode(source, sampler)
+    clip = decoder_for("cpu").decode(source, sampler(mode, num_segments, **sampling))
     return clip.frames, clip.indices, clip.meta
 
-# mean absolute difference allowed between decord's RGB and ffmpeg's rgb24 of
-# the same frame (both convert YUV with swscale; they agree to within rounding)
+
+# mean absolute difference allowed between our RGB and ffmpeg's rgb24 of the same
+# frame (both convert YUV with swscale; they agree to within rounding)
 SAME_FRAME = 2.0
 
 
@@ -31,10 +30,12 @@ def _mad(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
+@pytest.mark.parametrize("mode", ["uniform", "keyframe"])
 @pytest.mark.parametrize("name", GOOD)
-def test_decoded_frames_are_the_sampled_frames(video_corpus, name):
+def test_decoded_frames_are_the_sampled_frames(video_corpus, name, mode):
+    # in keyframe mode too: `indices` (the output's frame_indices) are the truth
     path = video_corpus[name]
-    frames, indices, meta = decode_clip(str(path), 4)
+    frames, indices, meta = decode_clip(str(path), 4, mode)
     assert frames.dtype == np.uint8 and frames.shape[0] == 4 and frames.shape[-1] == 3
     assert indices.dtype == np.int32
     for frame, k in zip(frames, indices.tolist(), strict=True):
@@ -97,7 +98,7 @@ def test_broken_inputs_raise_a_kind_and_a_message_without_console_noise(
     message = info.value.message
     assert message and message.isprintable() and len(message) <= 400
     assert "unknown decoder error" not in message
-    # FFmpeg's and decord's own log lines were kept out of the console...
+    # FFmpeg's own log lines were kept out of the console...
     assert err == "" and out == ""
     # ...and the console works again afterwards
     os.write(2, b"still here\n")
@@ -108,9 +109,9 @@ def test_error_messages_keep_ffmpegs_gist(video_corpus):
     with pytest.raises(DecodeError) as info:
         decode_clip(str(video_corpus["text.mp4"]), 4)
     assert "moov atom not found" in info.value.message
-    with pytest.raises(DecodeError) as info:
+    with pytest.raises(DecodeError) as info:  # found from its index, before any decoding
         decode_clip(str(video_corpus["cut.mp4"]), 4)
-    assert "partial file" in info.value.message
+    assert "cut-off upload" in info.value.message
     # a corrupt file whose bytes are text: no file content leaks into the message
     with pytest.raises(DecodeError) as info:
         decode_clip(io.BytesIO(video_corpus["text.mp4"].read_bytes()), 4)
@@ -124,19 +125,84 @@ def test_frame_count_and_an_empty_file_object(video_corpus):
     assert info.value.kind == "empty"
 
 
-def test_long_video_seeks_and_still_gets_the_right_frames(tmp_path):
-    import decord
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """10 s at 25 fps, a keyframe every 50 frames, B-frames: an upload's structure."""
+    spec = videos.Spec("long", ("-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset",
+                                "ultrafast", "-bf", "2", "-keyint_min", "50", "-sc_threshold",
+                                "0"), width=640, height=360, frames=250, gop=50)
+    return videos.make_video(spec, tmp_path_factory.mktemp("long") / "long")
 
-    from pipeline.decoders.decord_cpu import seek_cost
 
-    spec = videos.Spec("long", videos.SPECS["h264"].codec_args, frames=250)
-    path = videos.make_video(spec, tmp_path / "long")
-    targets = segment_indices(250, 4).tolist()
-    keys = decord.VideoReader(str(path), num_threads=1).get_key_indices()
-    assert targets[-1] + 1 > 2 * seek_cost(keys, targets)  # this video takes the seek path
-    frames, indices, _ = decode_clip(str(path), 4)
-    for frame, k in zip(frames, indices.tolist(), strict=True):
-        assert _mad(frame, videos.reference_frame(path, k)) < SAME_FRAME
+class Counting(io.RawIOBase):
+    """A file that counts the bytes read from it."""
+
+    def __init__(self, path):
+        self.f = open(path, "rb")  # noqa: SIM115
+        self.read_bytes = 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=0):
+        return self.f.seek(offset, whence)
+
+    def tell(self):
+        return self.f.tell()
+
+    def readinto(self, b):
+        n = self.f.readinto(b)
+        self.read_bytes += n
+        return n
+
+
+def test_keyframe_sampling_takes_keyframes_and_decodes_little(long_video):
+    from pipeline.decoders.pyav import probe
+
+    keys = probe(str(long_video)).keyframes
+    assert keys == (0, 50, 100, 150, 200)
+    uniform = decoder_for("cpu").decode(str(long_video), sampler("uniform", 8))
+    keyframe = decoder_for("cpu").decode(str(long_video), sampler("keyframe", 8))
+    # segments of 31.25 frames: a keyframe where a segment has one, else its first frame
+    assert keyframe.indices.tolist() == [0, 50, 63, 100, 150, 157, 200, 219]
+    assert keyframe.frames_decoded < uniform.frames_decoded / 3
+    for frame, k in zip(keyframe.frames, keyframe.indices.tolist(), strict=True):
+        assert _mad(frame, videos.reference_frame(long_video, k)) < SAME_FRAME
+
+
+def test_only_the_bytes_of_decoded_frames_are_read(long_video):
+    size = long_video.stat().st_size
+    reads = {}
+    for mode in ("uniform", "keyframe"):
+        src = Counting(long_video)
+        decoder_for("cpu").decode(src, sampler(mode, 4))
+        reads[mode] = src.read_bytes
+    assert reads["keyframe"] < 0.5 * size and reads["keyframe"] < reads["uniform"] <= 1.1 * size
+
+
+def test_a_storage_failure_while_decoding_is_not_the_videos_fault(long_video):
+    class Failing(Counting):
+        def readinto(self, b):
+            if self.read_bytes > 20_000:
+                raise OSError("the store went away")
+            return super().readinto(b)
+
+    with pytest.raises(OSError, match="store went away"):
+        decoder_for("cpu").decode(Failing(long_video), sampler("uniform", 4))
+
+
+def test_open_gop_and_variable_rate_are_exact(video_corpus):
+    # x265's default HEVC has open GOPs; the mkv's frames are unevenly spaced in time
+    for name in ("hevc", "vfr"):
+        path = video_corpus[name]
+        for mode in ("uniform", "keyframe"):
+            frames, indices, _ = decode_clip(str(path), 8, mode)
+            assert indices.tolist() == sorted(indices.tolist())
+            for frame, k in zip(frames, indices.tolist(), strict=True):
+                assert _mad(frame, videos.reference_frame(path, k)) < SAME_FRAME, (name, mode, k)
 
 
 def test_error_messages_never_carry_a_signed_urls_query():
@@ -144,6 +210,6 @@ def test_error_messages_never_carry_a_signed_urls_query():
 
     url = ("https://videos.s3.amazonaws.com/u/1.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
            "&X-Amz-Credential=AKIAEXAMPLE%2F20261125&X-Amz-Signature=0123abcd")
-    msg = gist("", f"Error reading {url}...")
+    msg = gist([], f"Error reading {url}...")
     assert "https://videos.s3.amazonaws.com/u/1.mp4" in msg
     assert "AKIAEXAMPLE" not in msg and "Signature" not in msg

@@ -13,6 +13,7 @@ from test_decode_stage import black_hole  # noqa: F401  (fixture)
 from pipeline import decode_stage
 from pipeline.contract import ErrorKind
 from pipeline.decode_stage import DecodeSpec, decode_bounded
+from pipeline.fetch_decode import FetchDecode
 from pipeline.isolation import ChildCrashed, ChildError, ChildProcess, ChildTimeout
 from pipeline.store import ObjectInfo
 
@@ -59,6 +60,17 @@ def test_an_exception_in_the_call_is_an_error_not_a_crash(child):
     assert child.call(int, "7", timeout=10) == 7 and child.pid == pid
 
 
+def test_a_child_past_its_memory_cap_fails_alone():
+    child = ChildProcess(memory_limit=400 * 1024 * 1024)
+    try:
+        with pytest.raises(ChildError) as info:
+            child.call(bytearray, 2 * 1024**3, timeout=60)  # 2 GiB under a 400 MiB cap
+        assert info.value.exception_type == "MemoryError"
+        assert child.call(sum, [1, 2], timeout=60) == 3  # and it goes on working
+    finally:
+        child.close()
+
+
 @pytest.mark.parametrize("warm, imported", [((), False), (("colorsys",), True)])
 def test_warm_modules_are_imported_before_the_first_call(warm, imported):
     child = ChildProcess(warm=warm)
@@ -85,11 +97,11 @@ def test_a_changed_environment_restarts_the_child(child, monkeypatch):
 def test_a_decoder_that_dies_mid_video_is_one_error_row():
     # the fetch hangs on a server that never answers; meanwhile the decoding process
     # is killed with SIGSEGV, as FFmpeg would be by a hostile file
-    spec = DecodeSpec(num_segments=4, resize_size=40, input_size=32, timeout_s=60,
-                      stream_threshold_bytes=64 << 20)
-    decode_stage._DECODER.close()
-    decode_stage._DECODER.call(sum, [0], timeout=120)  # started, so the kill lands mid-video
-    pid = decode_stage._DECODER.pid
+    spec = DecodeSpec(FetchDecode(4, "uniform", 3840 * 2160, 64 << 20), 40, 32, timeout_s=60)
+    child = decode_stage._child(spec)
+    child.close()
+    child.call(sum, [0], timeout=120)  # started, so the kill lands mid-video
+    pid = child.pid
 
     def segfault_the_decoder():
         time.sleep(1.0)  # let the call reach the hung read

@@ -9,6 +9,7 @@ import pytest
 import tsm_model
 from pipeline.contract import ErrorKind, RunStamp
 from pipeline.decode_stage import ClipResult, DecodeSpec, results_table
+from pipeline.fetch_decode import FetchDecode
 from pipeline.model_stage import ClipClassifier, ModelSpec
 from pipeline.store import ObjectInfo
 
@@ -25,7 +26,8 @@ def _batch(n_ok: int, n_err: int, t: int = 4) -> pa.Table:
         for i in range(n_ok)
     ] + [ClipResult(ObjectInfo(f"bad{i}.mp4", 10, "x"), error_kind=ErrorKind.CORRUPT,
                     error_message="nope") for i in range(n_err)]
-    return results_table(results, DecodeSpec(t, 40, 32, 60, 1 << 20))
+    return results_table(results, DecodeSpec(FetchDecode(t, "uniform", 1 << 20, 1 << 20), 40,
+                                             32, 60))
 
 
 def _spec(tiny_model, **changes) -> ModelSpec:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.decoders import decoder_for
-from pipeline.sampling import segment_indices
+from pipeline.sampling import sampler
 from training import synthetic
 from training.synthetic import CLASSES, SynthConfig, VideoSpec, pair_of, render
 
@@ -19,7 +19,7 @@ FORWARD = [c for c in CLASSES if synthetic.is_forward(c)]
 
 def decode_all(path: str, n: int):
     """n evenly spaced frames of a video (all of them when it has n), through the CPU decoder."""
-    return decoder_for("cpu").decode(path, lambda frames: segment_indices(frames, n))
+    return decoder_for("cpu").decode(path, sampler("uniform", n))
 
 
 def read_rows(path) -> list[dict[str, str]]:
