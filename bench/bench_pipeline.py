@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -57,7 +58,7 @@ from jobs.console import stderr_to  # noqa: E402
 from pipeline.contract import RunStamp  # noqa: E402
 from pipeline.decode_stage import DecodeSpec  # noqa: E402
 from pipeline.job import decode_tasks, model_actors, run_label  # noqa: E402
-from pipeline.listing import list_inputs  # noqa: E402
+from pipeline.listing import INPUT_SCHEMA, list_inputs  # noqa: E402
 from pipeline.model_stage import ModelSpec  # noqa: E402
 from pipeline.settings import LabelConfig  # noqa: E402
 
@@ -193,15 +194,21 @@ def pure_work(todo, pre, inf, sample: int) -> tuple[float, float]:
     fetch + decode + crop of `sample` videos, and the forward pass over their clips."""
     import torch
 
-    from pipeline.decode_stage import decode_one, results_table
+    from pipeline.decode_stage import ClipResult, results_table
+    from pipeline.fetch_decode import fetch_decode
     from pipeline.model_stage import ClipClassifier
+    from pipeline.transforms import resize_crop
 
     objs = todo[:sample]
     threads = torch.get_num_threads()
     # as in Ray's 1-CPU tasks (OMP_NUM_THREADS=1): one thread for the resize, no spinning
     torch.set_num_threads(1)
     c0 = time.process_time()
-    results = [decode_one(o, pre) for o in objs]
+    results = []
+    for o in objs:  # what the decoding child and then the task do, here in one process
+        decoded = fetch_decode(o, pre.job)
+        clip = resize_crop(decoded.frames, pre.resize_size, pre.input_size)
+        results.append(ClipResult(o, clip=clip, video=decoded.video))
     decode = (time.process_time() - c0) / len(objs)
     clf = ClipClassifier(inf)  # sets torch threads as the actors do
     batch = results_table(results, pre)
@@ -222,7 +229,12 @@ def measure(r: int, args, todo, pre, inf, config, work: Path, videos: Path, mode
     decoded = []
     start = time.monotonic()
     marks, done = [], 0
-    for batch in decode_tasks(todo, pre, config).iter_batches(
+    inputs = pa.table({"uri": [o.uri for o in todo], "version": [o.version for o in todo],
+                       "size": [o.size for o in todo], "error_kind": [None] * n,
+                       "error_message": [None] * n}, schema=INPUT_SCHEMA)
+    blocks = [inputs.slice(i, config.videos_per_decode_task)
+              for i in range(0, n, config.videos_per_decode_task)]
+    for batch in decode_tasks(ray.data.from_arrow(blocks), pre).iter_batches(
         batch_size=None, batch_format="pyarrow", prefetch_batches=2
     ):
         decoded.append(batch)
@@ -235,7 +247,7 @@ def measure(r: int, args, todo, pre, inf, config, work: Path, videos: Path, mode
     # 2. model only: the job's model stage on those clips, already in the object store
     clips = ray.data.from_arrow(decoded).repartition(max(1, n // 8)).materialize()
     del decoded
-    model_only = consume(model_actors(clips, inf, config), n)
+    model_only = consume(model_actors(clips, inf, config, config.shares()), n)
     del clips
 
     # 3. the whole job, into a fresh output (or resume would skip everything)
@@ -304,8 +316,9 @@ def main() -> None:
     model_cfg = tsm_model.load_config(model)
     pre = DecodeSpec.from_settings(model_cfg, config)
     inf = ModelSpec.from_settings(model_cfg, (model / "model.safetensors").read_bytes(),
-                                  RunStamp("bench", "0", "bench"), config)
-    todo = list_inputs(str(videos)).objects
+                                  RunStamp("bench", "0", "bench", config.sampling,
+                                           model_cfg.num_segments), config, config.shares())
+    todo = list_inputs(str(videos)).entries
     n = len(todo)
     # before Ray starts: its background threads in this process would count as work
     pure_d, pure_m = pure_work(todo, pre, inf, sample=min(20, n))

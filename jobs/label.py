@@ -97,15 +97,21 @@ def label(
     ),
     batch_size: int = typer.Option(C.batch_size, "--batch-size",
                                    help="Clips per model forward pass."),
-    actors: int = typer.Option(C.actors, "--actors",
-                               help="Model actors (each loads the model once)."),
+    actors: int | None = typer.Option(
+        C.actors, "--actors",
+        help="Model actors (each loads the model once). [default: from what the model and "
+        "decoding cost, measured at start-up]", show_default=False),
     gpus_per_actor: float = typer.Option(
         C.gpus_per_actor, "--gpus-per-actor", help="GPUs per model actor (0: run the model on CPU)."
     ),
     cpus_per_actor: float | None = typer.Option(
         C.cpus_per_actor, "--cpus-per-actor",
-        help="CPUs Ray reserves per model actor. [default: 1 with GPUs, else 0: the model "
-        "shares the cores with decoding]",
+        help="CPUs Ray reserves per model actor. [default: measured at start-up; 1 with "
+        "GPUs]", show_default=False,
+    ),
+    torch_threads: int | None = typer.Option(
+        C.torch_threads, "--torch-threads",
+        help="Intra-op threads per model actor on CPU. [default: measured at start-up]",
         show_default=False,
     ),
     decode_timeout: float = typer.Option(
@@ -149,6 +155,7 @@ def label(
             input=input, output=output, model=model, num_segments=num_segments, top_k=top_k,
             embeddings=embeddings, embedding_dtype=embedding_dtype, batch_size=batch_size,
             actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+            torch_threads=torch_threads,
             decode_timeout_s=decode_timeout, stall_timeout_s=stall_timeout,
             sampling=sampling, whole_read_mb=whole_read_mb, max_frame_pixels=max_frame_pixels,
             bf16=bf16,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.balance import Shares, measure, share
 from pipeline.contract import RunStamp
 from pipeline.decode_stage import DecodeSpec, decode_batch
 from pipeline.lease import GRACE_S, LeaseLost
@@ -33,6 +34,7 @@ from pipeline.settings import LabelConfig
 from pipeline.sink import PartSpec, write_part
 from pipeline.source import Feed, FeedDatasource, FeedStats, todo
 from pipeline.stall import JobStalled, StallWatch, drain
+from pipeline.store import ObjectInfo
 
 MiB = 1024 * 1024
 READERS = 2  # read tasks pulling listing chunks (they only cut chunks into blocks)
@@ -132,20 +134,18 @@ def decode_tasks(ds, spec: DecodeSpec):
     )
 
 
-def model_actors(ds, spec: ModelSpec, config: LabelConfig):
+def model_actors(ds, spec: ModelSpec, config: LabelConfig, shares: Shares):
     """The model actor pool over decoded clips; yields output rows."""
     import ray.data
 
-    use_gpu = config.gpus_per_actor > 0
-    cpus = config.cpus_per_actor if config.cpus_per_actor is not None else (1.0 if use_gpu else 0.0)
     return ds.map_batches(
         ClipClassifier,
         fn_constructor_kwargs={"spec": spec},
         batch_size=config.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=config.actors),
-        num_cpus=cpus,
-        num_gpus=config.gpus_per_actor if use_gpu else None,
+        compute=ray.data.ActorPoolStrategy(size=shares.actors),
+        num_cpus=shares.cpus_per_actor,
+        num_gpus=config.gpus_per_actor if config.gpus_per_actor > 0 else None,
     )
 
 
@@ -193,7 +193,6 @@ def _start_run(plan: LabelPlan):
         "embeddings": config.embeddings,
         "embedding_dtype": config.embedding_dtype,
         "batch_size": config.batch_size,
-        "actors": config.actors,
         "gpus_per_actor": config.gpus_per_actor,
         "input_kind": plan.listing.kind,
     })
@@ -215,32 +214,37 @@ class _Run:
         self.feed: Feed | None = None
         self.tally = None
 
-    def stream(self, pending, lease, on_progress) -> None:
-        """Run the Ray Data stream over `pending` (the listing's chunks still to label)."""
+    def stream(self, first, pending, lease, run, on_progress) -> None:
+        """Run the Ray Data stream over the listing's chunks still to label: `first`, then
+        `pending`."""
         import ray
         import ray.data
 
         plan, config, progress = self.plan, self.plan.config, self.progress
+        decode_spec = DecodeSpec.from_settings(plan.model_config, config)
+        shares = self._shares(first, decode_spec)
+        run.log_params({"actors": shares.actors, "cpus_per_actor": shares.cpus_per_actor,
+                        "torch_threads": shares.torch_threads,
+                        "balanced": config.balanced})
+        progress.actors = shares.actors
         stamp = RunStamp(plan.model.name, plan.model.version, self.run_id, config.sampling,
                          plan.model_config.num_segments)
         # the weights travel through Ray's object store, so actors on any node of a
         # cluster can load them (the path is only on this machine)
         weights = ray.put((Path(plan.model.path) / "model.safetensors").read_bytes())
         self.tally = new_tally()
-        model_spec = ModelSpec.from_settings(plan.model_config, weights, stamp, config,
+        model_spec = ModelSpec.from_settings(plan.model_config, weights, stamp, config, shares,
                                              self.tally)
         part_spec = PartSpec(config.output, plan.table.partition, self.run_id, self.lease_id,
                              plan.schema, config.sink.row_group_rows, config.sink.compression)
         emb = plan.schema.field("embedding").type
         rows_per_part = config.sink.rows_per_part(emb.list_size * emb.value_type.bit_width // 8)
-        self.feed = Feed(pending, self.feed_stats, READERS).start()
+        self.feed = Feed(itertools.chain([first], pending), self.feed_stats, READERS).start()
         source = ray.data.read_datasource(
             FeedDatasource(self.feed, config.videos_per_decode_task),
             override_num_blocks=READERS)
         ds = part_writers(
-            model_actors(decode_tasks(source, DecodeSpec.from_settings(plan.model_config,
-                                                                       config)),
-                         model_spec, config),
+            model_actors(decode_tasks(source, decode_spec), model_spec, config, shares),
             part_spec, rows_per_part)
         progress.phase = "loading the model"
         watch = StallWatch(config.stall_timeout_s, "video finished")
@@ -271,6 +275,21 @@ class _Run:
         if progress.written < queued:
             raise RowsLost(f"{queued - progress.written} of {queued} videos came back from the "
                            "pipeline without a row; rerun to label them")
+
+    def _shares(self, first, decode_spec: DecodeSpec) -> Shares:
+        """The flags' split, or one measured from two of the first videos (balance.py)."""
+        import ray
+
+        config = self.plan.config
+        if not config.balanced:
+            return config.shares()
+        self.progress.phase = "measuring the stages"
+        sample = [ObjectInfo(r["uri"], r["size"], r["version"]) for r in first.to_pylist()
+                  if r["error_kind"] is None][:2]
+        costs = measure(self.plan.network, sample, decode_spec)
+        resources = ray.cluster_resources()
+        return share(resources.get("CPU", 1), costs, gpus=resources.get("GPU", 0),
+                     gpus_per_actor=config.gpus_per_actor)
 
     def _read_tally(self) -> None:
         import ray
@@ -310,7 +329,7 @@ def run_plan(
 
     started = time.monotonic()
     config, table = plan.config, plan.table
-    progress = Progress(phase="waiting for the output", actors=config.actors)
+    progress = Progress(phase="waiting for the output")
     if on_start:
         on_start(progress)
     lease = table.store.lease(config.output, f"lease-{uuid.uuid4().hex[:12]}").acquire()
@@ -339,7 +358,7 @@ def run_plan(
                 on_progress(progress)
             started_ray = _init_ray()
             _quiet_ray_data()
-            job.stream(itertools.chain([first], pending), lease, on_progress)
+            job.stream(first, pending, lease, run, on_progress)
         progress.phase = "finishing"
         summary = LabelSummary(
             input=config.input, output=table.partition, model_uri=plan.model.uri,

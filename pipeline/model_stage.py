@@ -48,17 +48,13 @@ class ModelSpec:
     tally: Any = None  # the run's pipeline.progress.Tally actor: each batch's outcome goes there
 
     @classmethod
-    def from_settings(cls, model_config, weights, stamp: RunStamp, config,
+    def from_settings(cls, model_config, weights, stamp: RunStamp, config, shares,
                       tally=None) -> ModelSpec:
-        """From the model's config, its weights, the run's stamp and the job's `LabelConfig`."""
-        use_gpu = config.gpus_per_actor > 0
-        threads = config.torch_threads
-        if threads is None and not use_gpu:
-            # one intra-op thread per actor: the cores are shared with decode tasks, and
-            # spinning OpenMP threads would steal them; scale out with more actors instead
-            threads = max(1, round(config.cpus_per_actor or 1))
+        """From the model's config, its weights, the run's stamp, the job's `LabelConfig`
+        and the model stage's share of the CPUs (`pipeline.balance.Shares`)."""
         return cls(model_config, weights, stamp, config.top_k, config.embeddings,
-                   config.embedding_dtype, use_gpu, config.bf16, threads, tally)
+                   config.embedding_dtype, config.gpus_per_actor > 0, config.bf16,
+                   shares.torch_threads, tally)
 
 
 @dataclass

@@ -39,6 +39,7 @@ class LabelPlan:
     table: OutputTable
     schema: pa.Schema
     listing: ListingStats
+    network: Any  # the model itself, loaded once here (to check it, and to time it)
     _chunks: Iterator[pa.Table]
 
     def inputs(self) -> Iterator[pa.Table]:
@@ -91,7 +92,7 @@ def _resolve_model(config: LabelConfig):
         model = tsm_model.load(ref.path, **overrides)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         raise LabelError(f"model {config.model}: {one_line(e)}") from None
-    return ref, model.config
+    return ref, model
 
 
 def _check_gpus(config: LabelConfig) -> None:
@@ -113,7 +114,8 @@ def plan_label(config: LabelConfig) -> LabelPlan:
     import tsm_model
 
     _check_gpus(config)
-    ref, model_config = _resolve_model(config)
+    ref, model = _resolve_model(config)
+    model_config = model.config
     stats = ListingStats()
     chunks = iter_inputs(config.input, stats)
     try:  # the first chunk now: an input that does not exist or holds no video fails here
@@ -124,5 +126,5 @@ def plan_label(config: LabelConfig) -> LabelPlan:
     table.check_root()
     schema = output_schema(tsm_model.FEATURE_DIMS[model_config.arch], config.embedding_dtype)
     head = [first] if first is not None else []
-    return LabelPlan(config, ref, model_config, table, schema, stats,
+    return LabelPlan(config, ref, model_config, table, schema, stats, model,
                      itertools.chain(head, chunks))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pipeline.balance import Shares
 from pipeline.contract import EMBEDDING_DTYPES
 from pipeline.errors import check
 from pipeline.sampling import SAMPLINGS
@@ -36,13 +37,13 @@ class LabelConfig:
     embeddings: bool = True
     embedding_dtype: str = "float32"
     batch_size: int = 32  # clips per model forward
-    actors: int = 1  # model actors
     gpus_per_actor: float = 0.0
-    # CPU Ray reserves per model actor; None: 1 with GPUs, else 0. Without GPUs
-    # the model shares the cores with decoding: a reserved core would sit idle
-    # whenever the model waits for clips (and Ray would run fewer decode tasks)
-    cpus_per_actor: float | None = None
-    torch_threads: int | None = None  # None: 1 per actor on CPU
+    # the model stage's share of the CPUs: when none of these three is set, measured at
+    # start-up from what decoding and the model cost (pipeline/balance.py); set any to
+    # decide yourself (the others then default to 1 actor, 1 thread, 0 or 1 CPU reserved)
+    actors: int | None = None  # model actors
+    cpus_per_actor: float | None = None  # CPUs Ray reserves per actor
+    torch_threads: int | None = None  # intra-op threads per actor on CPU
     bf16: bool = False
     decode_timeout_s: float = 120.0
     # S3 objects up to this size are read with one GET; larger ones with ranged GETs of
@@ -70,7 +71,7 @@ class LabelConfig:
         check(self.embedding_dtype in EMBEDDING_DTYPES,
               f"embedding dtype must be float32 or float16, got {self.embedding_dtype!r}")
         check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
-        check(self.actors >= 1, f"actors must be >= 1, got {self.actors}")
+        check(self.actors is None or self.actors >= 1, f"actors must be >= 1, got {self.actors}")
         check(self.gpus_per_actor >= 0, f"gpus per actor must be >= 0, got {self.gpus_per_actor}")
         check(cpa is None or cpa >= 0, f"cpus per actor must be >= 0, got {cpa}")
         check(threads is None or threads >= 1, f"torch threads must be >= 1, got {threads}")
@@ -87,3 +88,15 @@ class LabelConfig:
               f"got {self.max_frame_pixels}")
         check(self.videos_per_decode_task >= 1,
               f"videos per decode task must be >= 1, got {self.videos_per_decode_task}")
+
+    @property
+    def balanced(self) -> bool:
+        """Whether the model stage's share is left to the job (no flag set it)."""
+        return self.actors is None and self.cpus_per_actor is None and self.torch_threads is None
+
+    def shares(self) -> Shares:
+        """The model stage's share as the flags set it (for runs that are not balanced)."""
+        gpu = self.gpus_per_actor > 0
+        cpus = self.cpus_per_actor if self.cpus_per_actor is not None else (1.0 if gpu else 0.0)
+        threads = self.torch_threads or (None if gpu else max(1, round(cpus or 1)))
+        return Shares(self.actors or 1, cpus, threads, cpus)

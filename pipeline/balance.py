@@ -1,0 +1,88 @@
+"""How a run shares its CPUs between decode tasks and model actors, from what each costs.
+
+A decode task takes one CPU for as long as a video takes to fetch and decode;
+a model actor takes what its torch threads use. Which stage needs more
+depends on the videos (a 720p upload costs several times a 272p one) and on
+the model (ResNet-50 at 224 px costs ~15 times MobileNetV2 at 112 px): a
+fixed split starves one stage whenever the other is cheap. So, unless the
+flags say otherwise, the job decodes two of its first videos and runs the
+model on a batch in the driver before it starts (`measure`), and gives each
+stage CPUs in proportion to its cost (`share`).
+
+On GPU nodes the model runs on the GPU: each actor keeps one CPU to feed it,
+and every other CPU decodes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+THREADS_PER_ACTOR = 4  # torch's intra-op threads scale well up to about this, on CPU
+
+
+@dataclass(frozen=True)
+class Costs:
+    """CPU seconds per video: to fetch, decode and crop; to run the model on one clip."""
+
+    decode_s: float
+    model_s: float
+
+
+@dataclass(frozen=True)
+class Shares:
+    """What the model stage gets; the decode tasks get every other CPU."""
+
+    actors: int
+    cpus_per_actor: float  # reserved from Ray, so decode tasks never take them
+    torch_threads: int | None  # intra-op threads per actor (None: torch's default, on GPU)
+    model_cpus: float  # the CPUs the costs say the model needs (for the record)
+
+
+def share(cpus: float, costs: Costs, *, gpus: float = 0, gpus_per_actor: float = 0) -> Shares:
+    """Split `cpus` between the stages in proportion to their costs (see the module doc)."""
+    if gpus_per_actor > 0:
+        actors = max(1, int(gpus // gpus_per_actor)) if gpus else 1
+        return Shares(actors, 1.0, None, float(actors))
+    need = cpus * costs.model_s / max(costs.model_s + costs.decode_s, 1e-9)
+    if need < 0.5 or cpus < 2:
+        # a model that needs under half a CPU shares the cores with decoding (it runs in
+        # their gaps): reserving a whole CPU for it would idle that CPU
+        return Shares(1, 0.0, 1, need)
+    model_cpus = min(max(1, round(need)), int(cpus) - 1)  # decoding keeps at least one
+    actors = math.ceil(model_cpus / THREADS_PER_ACTOR)
+    threads = max(1, model_cpus // actors)
+    return Shares(actors, float(threads), threads, need)
+
+
+def measure(model, sample_inputs, decode_spec, *, batch: int = 4) -> Costs:
+    """Per-video costs on this machine: decode `sample_inputs` (ObjectInfo) and run `model`
+    on a batch of clips, one thread each, as the stages will."""
+    import torch
+
+    from pipeline.fetch_decode import fetch_decode
+    from pipeline.transforms import normalize, resize_crop
+
+    decode = []
+    for obj in sample_inputs:
+        started = time.process_time()
+        decoded = fetch_decode(obj, decode_spec.job)
+        if decoded.frames is not None:
+            resize_crop(decoded.frames, decode_spec.resize_size, decode_spec.input_size)
+            decode.append(time.process_time() - started)
+    config = model.config
+    clips = torch.zeros(batch, config.num_segments, 3, config.input_size, config.input_size,
+                        dtype=torch.uint8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            model.logits_and_features(normalize(clips[:1], config.mean, config.std))  # warm
+            started = time.process_time()
+            model.logits_and_features(normalize(clips, config.mean, config.std))
+            model_s = (time.process_time() - started) / batch
+    finally:
+        torch.set_num_threads(threads)
+    # no video decoded (all broken): decoding is as cheap as it gets, the model sets the pace
+    return Costs(decode_s=sum(decode) / len(decode) if decode else 0.0, model_s=model_s)
