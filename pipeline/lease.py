@@ -192,6 +192,10 @@ class ConditionalPutLease(Lease):
 
         current = s3_client().get_object(Bucket=self.bucket, Key=self.key)
         holder = _parse(current["Body"].read().decode("utf-8", "replace"))
+        if holder is not None and holder.run_id == self.run_id:
+            # our own PUT got through but its answer was lost, and botocore's retry of it
+            # failed its precondition: the lease is ours already
+            return current["ETag"]
         if holder is not None and holder.expires > time.time():
             raise OutputBusy(_busy(self.output, holder))
         self.taken_from_dead = True
@@ -209,10 +213,19 @@ class ConditionalPutLease(Lease):
             try:
                 self._etag = self._put(me, IfMatch=self._etag)
             except Exception as e:
-                if _code(e) in CONFLICT:
-                    self._lost = f"the lease on {self.output} was taken over by another run"
-                    return
-                # a transient failure: try again next round; the lease holds until it expires
+                if _code(e) not in CONFLICT:
+                    continue  # a transient failure: again next round (the lease holds a while)
+                holder = self.current_holder()
+                if holder is not None and holder.run_id == self.run_id:
+                    # our renewal got through, its answer was lost: take the new ETag
+                    from pipeline.store.s3 import s3_client
+
+                    with contextlib.suppress(Exception):
+                        self._etag = s3_client().head_object(Bucket=self.bucket,
+                                                             Key=self.key)["ETag"]
+                    continue
+                self._lost = f"the lease on {self.output} was taken over by another run"
+                return
 
     def check(self) -> None:
         if self._lost:

@@ -30,6 +30,7 @@ from pipeline.store.base import (
 )
 
 S3_RETRIES = {"mode": "standard", "max_attempts": 8}
+READ_TIMEOUT_ENV = "TSM_S3_READ_TIMEOUT"  # seconds before a hanging request is retried (60)
 # botocore retries a request that fails (5xx, throttling, a refused connection); not a body
 # that breaks off mid-stream. Those are fetched again here, with the same backoff.
 BODY_RETRIES = 5
@@ -55,7 +56,9 @@ def s3_client():
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(retries=S3_RETRIES, max_pool_connections=32))
+    read_timeout = float(os.environ.get(READ_TIMEOUT_ENV, "60"))
+    return boto3.client("s3", config=Config(retries=S3_RETRIES, max_pool_connections=32,
+                                            connect_timeout=10, read_timeout=read_timeout))
 
 
 def _error_code(e: Exception) -> str:
