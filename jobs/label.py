@@ -137,6 +137,17 @@ def label(
         help="Refuse videos whose frames are larger (error kind too_large); decode tasks "
         "reserve memory for this size.",
     ),
+    keep_columns: str = typer.Option(
+        ",".join(C.keep_columns), "--keep-columns",
+        help="Manifest columns to carry into every row (comma-separated, e.g. video_id).",
+    ),
+    limit: int | None = typer.Option(
+        C.limit, "--limit", help="Label at most N videos (of those not done yet).",
+        show_default=False),
+    max_error_rate: float | None = typer.Option(
+        C.max_error_rate, "--max-error-rate",
+        help="Fail the run (exit 1, rows kept, no run record) if more than this share of "
+        "its videos get error rows, e.g. 0.05.", show_default=False),
     part_rows: int = typer.Option(
         SinkConfig.max_rows, "--part-rows",
         help="Rows per output Parquet file (files also roll at ~128 MB).",
@@ -159,7 +170,8 @@ def label(
             decode_timeout_s=decode_timeout, stall_timeout_s=stall_timeout,
             sampling=sampling, whole_read_mb=whole_read_mb, max_frame_pixels=max_frame_pixels,
             bf16=bf16,
-            sink=SinkConfig(max_rows=part_rows),
+            keep_columns=tuple(c.strip() for c in keep_columns.split(",") if c.strip()),
+            limit=limit, max_error_rate=max_error_rate, sink=SinkConfig(max_rows=part_rows),
         )
     except LabelError as e:
         raise fail(str(e), EXIT_BAD_INPUT) from None

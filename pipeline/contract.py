@@ -141,12 +141,14 @@ def embedding_type(dim: int, dtype: str = "float32") -> pa.DataType:
     return pa.list_(EMBEDDING_DTYPES[dtype], dim)
 
 
-def output_schema(embedding_dim: int, embedding_dtype: str = "float32") -> pa.Schema:
-    """The full output schema for a model whose embedding has `embedding_dim` values."""
+def output_schema(embedding_dim: int, embedding_dtype: str = "float32",
+                  kept: tuple[str, ...] = ()) -> pa.Schema:
+    """The full output schema for a model whose embedding has `embedding_dim` values, with
+    the manifest columns a run carries into its rows (`--keep-columns`) last, as strings."""
     emb = embedding_type(embedding_dim, embedding_dtype)
     return pa.schema(
         [pa.field(c.name, c.type if c.type is not None else emb, nullable=c.nullable)
-         for c in COLUMNS]
+         for c in COLUMNS] + [pa.field(name, pa.string()) for name in kept]
     )
 
 
@@ -207,11 +209,13 @@ def build_rows(
     error_message: Sequence[str | None],
     video: Mapping[str, pa.Array] | None = None,
     predictions: Predictions | None = None,
+    kept: Mapping[str, pa.Array] | None = None,
 ) -> pa.Table:
     """Output rows in `schema`: a row is ok exactly when its `error_kind` is None.
 
     `video` holds the `VIDEO` columns (see `video_columns`); without it they
     are null. Prediction columns are filled from `predictions` for ok rows.
+    `kept` holds the manifest columns the schema carries (null without them).
     """
     n = len(video_uri)
     kinds = [None if k is None else ErrorKind(k).value for k in error_kind]
@@ -249,4 +253,7 @@ def build_rows(
                                           np.zeros(n, dtype=bool), emb_type)
     else:
         columns["embedding"] = _embedding(predictions.embedding, ok, emb_type)
+    for name in schema.names[len(COLUMNS):]:  # manifest columns carried along
+        given = None if kept is None else kept.get(name)
+        columns[name] = pa.nulls(n, pa.string()) if given is None else given
     return pa.Table.from_pydict({name: columns[name] for name in schema.names}, schema=schema)

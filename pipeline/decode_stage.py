@@ -38,6 +38,7 @@ class DecodeSpec:
     resize_size: int
     input_size: int
     timeout_s: float
+    kept: tuple[str, ...] = ()  # manifest columns passed through to the rows
 
     @classmethod
     def from_settings(cls, model_config, config) -> DecodeSpec:
@@ -46,7 +47,7 @@ class DecodeSpec:
                           max_frame_pixels=config.max_frame_pixels,
                           whole_below=int(config.whole_read_mb * MiB))
         return cls(job, model_config.resize_size, model_config.input_size,
-                   config.decode_timeout_s)
+                   config.decode_timeout_s, config.keep_columns)
 
     @property
     def memory_bytes(self) -> int:
@@ -111,7 +112,8 @@ def decode_bounded(obj: ObjectInfo, spec: DecodeSpec) -> ClipResult:
     return ClipResult(obj, clip=clip, video=decoded.video)
 
 
-def results_table(results: list[ClipResult], spec: DecodeSpec) -> pa.Table:
+def results_table(results: list[ClipResult], spec: DecodeSpec,
+                  kept: dict[str, pa.Array] | None = None) -> pa.Table:
     """Results as one Arrow batch: keys, verdicts, the VIDEO columns and the clips.
 
     Error rows carry a zero clip (a fixed-shape tensor column cannot hold a
@@ -130,6 +132,7 @@ def results_table(results: list[ClipResult], spec: DecodeSpec) -> pa.Table:
         "error_kind": pa.array([r.error_kind for r in results], pa.string()),
         "error_message": pa.array([r.error_message for r in results], pa.string()),
         **video_columns([r.video for r in results]),
+        **(kept or {}),
         "clip": ArrowTensorArray.from_numpy(clips),
     })
 
@@ -148,4 +151,4 @@ def decode_batch(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
             results.append(decode_bounded(obj, spec))
         except Exception as e:  # e.g. no child process could be started: still one row
             results.append(_error(obj, ErrorKind.INTERNAL, one_line(e, with_type=True)))
-    return results_table(results, spec)
+    return results_table(results, spec, {name: batch[name] for name in spec.kept})

@@ -46,6 +46,10 @@ class RowsLost(RuntimeError):
     """Fewer rows came back than videos went in (never expected: Ray Data maps one to one)."""
 
 
+class ErrorRateExceeded(RuntimeError):
+    """More videos than --max-error-rate allows got error rows (their parts are kept)."""
+
+
 @dataclass(frozen=True)
 class LabelSummary:
     """What a run did, for the end-of-job screen, the run record and MLflow."""
@@ -345,7 +349,7 @@ def run_plan(
         table.check_schema(plan.schema)
         table.clean_staging()
         feed_stats = FeedStats()
-        pending = todo(plan.inputs(), plan.done(), feed_stats)
+        pending = todo(plan.inputs(), plan.done(), feed_stats, config.limit)
         progress.phase = "listing"
         first = next(pending, None)  # nothing left to label: no Ray, no actors
         run = _start_run(plan)
@@ -368,8 +372,9 @@ def run_plan(
             ok=job.ok, errors=dict(job.errors), wall_time_s=time.monotonic() - started,
             parts=list(job.parts), tracking_uri=run.tracking_uri, cost=dict(job.cost),
         )
-        _record(plan, summary)
         run.log_metrics(summary.metrics())
+        _check_error_rate(config, summary)
+        _record(plan, summary)
         run.finish("FINISHED")
         return summary
     except JobStalled as e:
@@ -391,6 +396,20 @@ def run_plan(
 
             ray.shutdown()
         lease.release()
+
+
+def _check_error_rate(config: LabelConfig, summary: LabelSummary) -> None:
+    """Fail a run whose share of error rows is over the limit: no record marks it finished."""
+    errors = sum(summary.errors.values())
+    if config.max_error_rate is None or not summary.processed:
+        return
+    rate = errors / summary.processed
+    if rate > config.max_error_rate:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(summary.errors.items()))
+        raise ErrorRateExceeded(
+            f"{errors} of {summary.processed} videos ({rate:.1%}) got error rows ({kinds}), "
+            f"over --max-error-rate {config.max_error_rate:g}; their rows are kept, the run "
+            "is not marked finished")
 
 
 def _record(plan: LabelPlan, summary: LabelSummary) -> None:

@@ -17,6 +17,7 @@ deduplicated by URI, first occurrence wins.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat as stat_mod
@@ -77,6 +78,7 @@ class Entry:
     size: int = -1
     error_kind: ErrorKind | None = None
     error_message: str | None = None
+    kept: tuple[str | None, ...] = ()  # the manifest columns carried along, as strings
 
 
 def manifest_format(uri: str) -> str | None:
@@ -162,26 +164,35 @@ def _stat_entry(uri: str) -> Entry:
                      error_message=f"cannot stat: {one_line(e, with_type=True)}")
 
 
-def _manifest_entries(uri: str, stats: ListingStats, rows: int) -> Iterator[list[Entry]]:
-    manifest = Manifest(uri)
+def _manifest_entries(uri: str, stats: ListingStats, rows: int,
+                      keep: tuple[str, ...]) -> Iterator[list[Entry]]:
+    manifest = Manifest(uri, text_columns=keep)
     with ThreadPoolExecutor(STAT_WORKERS) as pool:
         for batch in manifest.batches(rows):
+            missing = [name for name in keep if name not in batch.schema.names]
+            if missing:
+                raise ListingError(
+                    f"--keep-columns: manifest {uri} has no column {', '.join(missing)}; it "
+                    f"has: {', '.join(batch.schema.names)}")
+            kept = list(zip(*(manifest.column(batch, name) for name in keep), strict=True)) \
+                if keep else [()] * batch.num_rows
             uris = manifest.uris(batch)
             versions = next((c for c in (manifest.column(batch, n) for n in VERSION_COLUMNS)
                              if c is not None), [None] * len(uris))
             sizes = manifest.column(batch, "size") or [None] * len(uris)
-            known: list[Entry | None] = []
+            known: list[Entry | tuple] = []
             to_stat: list[str] = []
-            for u, v, s in zip(uris, versions, sizes, strict=True):
+            for u, v, s, k in zip(uris, versions, sizes, kept, strict=True):
                 if u is None:
                     stats.invalid_rows += 1
                 elif v and s not in (None, ""):
-                    known.append(Entry(u, str(v).strip('"'), int(float(s))))
+                    known.append(Entry(u, str(v).strip('"'), int(float(s)), kept=tuple(k)))
                 else:
-                    known.append(None)
+                    known.append(tuple(k))  # stat-ed below, in parallel
                     to_stat.append(u)
             stat_ed = iter(pool.map(_stat_entry, to_stat))
-            yield [k if k is not None else next(stat_ed) for k in known]
+            yield [k if isinstance(k, Entry) else dataclasses.replace(next(stat_ed), kept=k)
+                   for k in known]
 
 
 # ---------------------------------------------------------------------- folders
@@ -240,14 +251,22 @@ def _folder_entries(uri: str, suffixes: tuple[str, ...]) -> Iterator[Entry]:
 
 
 # ---------------------------------------------------------------------- the listing
-def _table(entries: list[Entry]) -> pa.Table:
-    return pa.table({
+def input_schema(keep: tuple[str, ...] = ()) -> pa.Schema:
+    """`INPUT_SCHEMA` with the manifest columns a run carries (strings)."""
+    return pa.schema([*INPUT_SCHEMA, *(pa.field(name, pa.string()) for name in keep)])
+
+
+def _table(entries: list[Entry], keep: tuple[str, ...]) -> pa.Table:
+    columns = {
         "uri": [e.uri for e in entries],
         "version": [e.version for e in entries],
         "size": [e.size for e in entries],
         "error_kind": [None if e.error_kind is None else e.error_kind.value for e in entries],
         "error_message": [e.error_message for e in entries],
-    }, schema=INPUT_SCHEMA)
+    }
+    for i, name in enumerate(keep):
+        columns[name] = [e.kept[i] for e in entries]
+    return pa.table(columns, schema=input_schema(keep))
 
 
 def _distinct(entries: list[Entry], stats: ListingStats) -> list[Entry]:
@@ -266,8 +285,10 @@ def _distinct(entries: list[Entry], stats: ListingStats) -> list[Entry]:
 
 
 def iter_inputs(uri: str, stats: ListingStats, *, rows: int = CHUNK_ROWS,
-                suffixes: tuple[str, ...] = VIDEO_SUFFIXES) -> Iterator[pa.Table]:
-    """Chunks (Arrow tables, `INPUT_SCHEMA`) of the distinct inputs under `uri`.
+                suffixes: tuple[str, ...] = VIDEO_SUFFIXES,
+                keep: tuple[str, ...] = ()) -> Iterator[pa.Table]:
+    """Chunks (Arrow tables, `input_schema(keep)`) of the distinct inputs under `uri`;
+    `keep` names manifest columns to carry along (only a manifest has any).
 
     Raises ListingError (one line) when `uri` cannot be listed at all; `stats`
     counts what has been listed so far.
@@ -282,7 +303,7 @@ def iter_inputs(uri: str, stats: ListingStats, *, rows: int = CHUNK_ROWS,
         if kind != "object":
             raise ListingError(f"manifest not found: {uri}")
         stats.kind = "manifest"
-        chunks = _manifest_entries(uri, stats, rows)
+        chunks = _manifest_entries(uri, stats, rows, keep)
     elif kind == "object":
         stats.kind = "file"
         chunks = iter([[_stat_entry(uri)]])
@@ -291,11 +312,13 @@ def iter_inputs(uri: str, stats: ListingStats, *, rows: int = CHUNK_ROWS,
         chunks = _chunks(_folder_entries(uri, suffixes), rows)
     else:
         raise ListingError(f"input not found: {uri}")
+    if keep and stats.kind != "manifest":
+        raise ListingError(f"--keep-columns needs a manifest input; {uri} is a {stats.kind}")
     try:
         for chunk in chunks:
             distinct = _distinct(chunk, stats)
             if distinct:
-                yield _table(distinct)
+                yield _table(distinct, keep)
     except LabelError:
         raise
     except Exception as e:  # a listing page that fails after the store's retries

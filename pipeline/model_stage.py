@@ -46,6 +46,7 @@ class ModelSpec:
     bf16: bool  # autocast on GPU; ignored on CPU
     torch_threads: int | None  # intra-op threads on CPU; None = torch's default
     tally: Any = None  # the run's pipeline.progress.Tally actor: each batch's outcome goes there
+    kept: tuple[str, ...] = ()  # manifest columns carried into the rows
 
     @classmethod
     def from_settings(cls, model_config, weights, stamp: RunStamp, config, shares,
@@ -54,7 +55,7 @@ class ModelSpec:
         and the model stage's share of the CPUs (`pipeline.balance.Shares`)."""
         return cls(model_config, weights, stamp, config.top_k, config.embeddings,
                    config.embedding_dtype, config.gpus_per_actor > 0, config.bf16,
-                   shares.torch_threads, tally)
+                   shares.torch_threads, tally, config.keep_columns)
 
 
 @dataclass
@@ -89,7 +90,7 @@ class ClipClassifier:
         config = self.model.config
         self.class_names = list(config.class_names)
         self.k = min(spec.top_k, config.num_classes)
-        self.schema = output_schema(self.model.feature_dim, spec.embedding_dtype)
+        self.schema = output_schema(self.model.feature_dim, spec.embedding_dtype, spec.kept)
         if spec.tally is not None:
             spec.tally.actor_ready.remote()
 
@@ -161,6 +162,7 @@ class ClipClassifier:
         if self.spec.tally is not None:  # for the driver's progress display and stall guard
             failed = Counter(k for k in kinds if k is not None)
             self.spec.tally.add.remote(n - sum(failed.values()), dict(failed))
+        kept = {name: batch[name] for name in self.spec.kept}
         return build_rows(
             self.schema,
             self.spec.stamp,
@@ -171,4 +173,5 @@ class ClipClassifier:
             video={c.name: batch[c.name] for c in VIDEO_COLUMNS},
             predictions=Predictions(top_ids, top_scores, self.class_names,
                                     emb if self.spec.embeddings else None),
+            kept=kept,
         )

@@ -53,7 +53,8 @@ class LabelPlan:
     def describe(self) -> dict[str, object]:
         """The plan as plain values, counting the whole listing (what `--dry-run` prints)."""
         feed = FeedStats()
-        to_label = sum(chunk.num_rows for chunk in todo(self.inputs(), self.done(), feed))
+        to_label = sum(chunk.num_rows for chunk in todo(self.inputs(), self.done(), feed,
+                                                        self.config.limit))
         mc = self.model_config
         return {
             "input": self.config.input,
@@ -117,14 +118,15 @@ def plan_label(config: LabelConfig) -> LabelPlan:
     ref, model = _resolve_model(config)
     model_config = model.config
     stats = ListingStats()
-    chunks = iter_inputs(config.input, stats)
+    chunks = iter_inputs(config.input, stats, keep=config.keep_columns)
     try:  # the first chunk now: an input that does not exist or holds no video fails here
         first = next(chunks)
     except StopIteration:  # unreachable: an empty listing raises ListingError
         first = None
     table = OutputTable(config.output, ref.name, ref.version)
     table.check_root()
-    schema = output_schema(tsm_model.FEATURE_DIMS[model_config.arch], config.embedding_dtype)
+    schema = output_schema(tsm_model.FEATURE_DIMS[model_config.arch], config.embedding_dtype,
+                           config.keep_columns)
     head = [first] if first is not None else []
     return LabelPlan(config, ref, model_config, table, schema, stats, model,
                      itertools.chain(head, chunks))

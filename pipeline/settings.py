@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass, field
 
 from pipeline.balance import Shares
-from pipeline.contract import EMBEDDING_DTYPES
+from pipeline.contract import COLUMN_NAMES, EMBEDDING_DTYPES
 from pipeline.errors import check
+from pipeline.listing import INPUT_SCHEMA
 from pipeline.sampling import SAMPLINGS
 from pipeline.sink import SinkConfig
 
@@ -56,6 +57,12 @@ class LabelConfig:
     # end the job if no video comes out for this long (an actor crashing on every
     # retry would otherwise hold it forever); generous, for clusters that scale up
     stall_timeout_s: float = 1800.0
+    # manifest columns (ids) carried into every row, as strings
+    keep_columns: tuple[str, ...] = ()
+    limit: int | None = None  # label at most this many videos (of those not done yet)
+    # end the run with an error (parts kept, no run record) when more of its videos than
+    # this share get error rows: a nightly job then fails visibly, not with a green light
+    max_error_rate: float | None = None
     sink: SinkConfig = field(default_factory=SinkConfig)
     experiment: str = EXPERIMENT
 
@@ -86,6 +93,15 @@ class LabelConfig:
         check(MIN_FRAME_PIXELS <= self.max_frame_pixels <= MAX_FRAME_PIXELS,
               f"max frame pixels must be in [{MIN_FRAME_PIXELS}, {MAX_FRAME_PIXELS:,}], "
               f"got {self.max_frame_pixels}")
+        reserved = {*COLUMN_NAMES, *INPUT_SCHEMA.names}
+        clash = [c for c in self.keep_columns if c in reserved or not c.strip()]
+        check(not clash, f"--keep-columns cannot carry {', '.join(map(repr, clash))}: the "
+              "output has such a column")
+        check(len(set(self.keep_columns)) == len(self.keep_columns),
+              "--keep-columns names a column twice")
+        check(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
+        mer = self.max_error_rate
+        check(mer is None or 0 <= mer <= 1, f"max error rate must be in [0, 1], got {mer}")
         check(self.videos_per_decode_task >= 1,
               f"videos per decode task must be >= 1, got {self.videos_per_decode_task}")
 

@@ -35,14 +35,23 @@ class FeedStats:
     finished: bool = False
 
 
-def todo(chunks: Iterator[pa.Table], done: KeySet, stats: FeedStats) -> Iterator[pa.Table]:
-    """The chunks' rows that `done` does not hold (by hashed `(uri, version)`)."""
+def todo(chunks: Iterator[pa.Table], done: KeySet, stats: FeedStats,
+         limit: int | None = None) -> Iterator[pa.Table]:
+    """The chunks' rows that `done` does not hold (by hashed `(uri, version)`), at most
+    `limit` of them."""
+    left = limit
     for chunk in chunks:
         keys = hash_keys(chunk["uri"].to_pylist(), chunk["version"].to_pylist())
         keep = ~done.known(keys)
         stats.skipped += len(keys) - int(keep.sum())
         if keep.any():
-            yield chunk.filter(pa.array(keep))
+            rows = chunk.filter(pa.array(keep))
+            if left is not None:
+                rows = rows.slice(0, left)
+                left -= rows.num_rows
+            yield rows
+        if left == 0:
+            return
 
 
 class Feed:

@@ -297,3 +297,72 @@ def test_a_job_that_stops_making_progress_ends_and_resumes(corpus_dir, tiny_mode
     table = read_output(str(out))
     assert summary.processed == summary.listed == table.num_rows
     assert len(set(table["video_uri"].to_pylist())) == table.num_rows
+
+
+def test_manifest_ids_are_carried_and_limit_takes_a_few(corpus_dir, tiny_model, tmp_path):
+    manifest = tmp_path / "m.csv"
+    names = ["h264.mp4", "vp9.webm", "hevc.mp4"]
+    manifest.write_text("uri,video_id,content_id,label\n" + "".join(
+        f"{corpus_dir / n},{i:05d},c-{i},x\n" for i, n in enumerate(names)))
+    out = str(tmp_path / "labels")
+    config = LabelConfig(input=str(manifest), output=out, model=str(tiny_model),
+                         keep_columns=("video_id", "content_id"), limit=2)
+    first = run_label(config)
+    assert first.processed == 2
+    rerun = run_label(LabelConfig(**{**config.__dict__, "limit": None}))
+    assert (rerun.skipped, rerun.processed) == (2, 1)
+    rows = by_name(read_output(out))
+    assert sorted(rows) == sorted(names)
+    for i, n in enumerate(names):
+        # ids stay text: "00001", not 1
+        assert (rows[n]["video_id"], rows[n]["content_id"]) == (f"{i:05d}", f"c-{i}")
+    with pytest.raises(LabelError, match="has no column shop_id"):
+        run_label(LabelConfig(**{**config.__dict__, "keep_columns": ("shop_id",)}))
+    with pytest.raises(LabelError, match="needs a manifest input"):
+        run_label(LabelConfig(**{**config.__dict__, "input": str(corpus_dir)}))
+    with pytest.raises(LabelError, match="cannot carry 'status'"):
+        LabelConfig(input="i", output="o", model="m", keep_columns=("status",))
+
+
+def test_a_run_over_its_error_rate_fails_and_is_not_marked_finished(corpus_dir, tiny_model,
+                                                                     tmp_path):
+    from pipeline.job import ErrorRateExceeded
+    from pipeline.table import OutputTable
+
+    out = str(tmp_path / "labels")
+    config = LabelConfig(input=str(corpus_dir), output=out, model=str(tiny_model),
+                         max_error_rate=0.1)  # 6 of the 14 test videos are broken
+    with pytest.raises(ErrorRateExceeded, match=r"6 of 14 videos \(42\.9%\) got error rows"):
+        run_label(config)
+    assert read_output(out).num_rows == 14  # the rows are kept...
+    version = read_output(out)["model_version"][0].as_py()
+    assert OutputTable(out, "tiny-tsm", version).runs() == []  # ...no run is marked finished
+
+
+def test_a_listing_that_fails_midway_ends_the_job_and_a_rerun_resumes(corpus_dir, tiny_model,
+                                                                      tmp_path):
+    import itertools
+
+    from pipeline.job import run_plan
+    from pipeline.listing import ListingError
+    from pipeline.plan import plan_label
+    from pipeline.table import OutputTable
+
+    out = str(tmp_path / "labels")
+    config = LabelConfig(input=str(corpus_dir), output=out, model=str(tiny_model))
+
+    def page_fails():
+        raise ListingError("listing failed after 5 inputs: SlowDown; rerun to resume")
+        yield
+
+    plan = plan_label(config)
+    first = next(plan.inputs()).slice(0, 5)
+    plan._chunks = itertools.chain([first], page_fails())  # the second page never comes
+    with pytest.raises(ListingError, match="rerun to resume"):
+        run_plan(plan)
+    kept = read_output(out)
+    assert kept is None or kept.num_rows <= 5  # only whole parts of what was listed
+    assert OutputTable(out, "tiny-tsm", plan.model.version).runs() == []
+    summary = run_label(config)  # the rerun lists everything and labels the rest
+    uris = read_output(out)["video_uri"].to_pylist()
+    assert len(uris) == len(set(uris)) == summary.listed
