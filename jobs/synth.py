@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from jobs.console import fail
+from jobs.console import TsmCommand, fail, out, terminal_stderr
 from training.synthetic import SynthConfig as S
 
 app = typer.Typer(help="Datasets: make the synthetic corpus.", no_args_is_help=True,
@@ -22,9 +22,10 @@ def parse_range(text: str, what: str) -> tuple[int, int]:
         raise fail(f"{what} must be N or LO-HI, got {text!r}") from None
 
 
-@app.command("synth")
+@app.command("synth", cls=TsmCommand)
 def synth(
-    out: Path = typer.Argument(..., help="output folder (videos/, train/val/test.csv)"),
+    out_dir: Path = typer.Argument(..., metavar="OUT",
+                                   help="output folder (videos/, train/val/test.csv)"),
     videos: int = typer.Option(S.videos, help="number of videos"),
     seed: int = typer.Option(S.seed, help="corpus seed; same seed, same corpus"),
     size: int = typer.Option(S.size, help="frame width and height (even)"),
@@ -32,8 +33,11 @@ def synth(
                                help="clip length range in frames, LO-HI"),
     fps: str = typer.Option(f"{S.min_fps}-{S.max_fps}", help="frame-rate range, LO-HI"),
     workers: int = typer.Option(S.workers, help="render/encode processes"),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Show the progress on stderr."),
 ) -> None:
     """Make a labelled corpus of 10 motion classes in 5 time-reversed pairs."""
+    from rich.console import Console
     from rich.progress import Progress
 
     from pipeline.errors import LabelError
@@ -46,8 +50,9 @@ def synth(
                 min_fps=lo_r, max_fps=hi_r, workers=workers)
     except LabelError as e:
         raise fail(str(e)) from None
-    with Progress() as progress:
-        task = progress.add_task("rendering + encoding", total=videos)
-        manifests = generate(out, cfg, progress=lambda n: progress.advance(task, n))
+    with terminal_stderr() as stream, Progress(console=Console(file=stream),
+                                               disable=not progress) as bar:
+        task = bar.add_task("rendering + encoding", total=videos)
+        manifests = generate(out_dir, cfg, progress=lambda n: bar.advance(task, n))
     for split, path in manifests.items():
-        typer.echo(f"{split}: {path}")
+        out(f"{split}: {path}")
