@@ -33,6 +33,8 @@ def synth(
                                help="clip length range in frames, LO-HI"),
     fps: str = typer.Option(f"{S.min_fps}-{S.max_fps}", help="frame-rate range, LO-HI"),
     workers: int = typer.Option(S.workers, help="render/encode processes"),
+    force: bool = typer.Option(False, "--force",
+                               help="replace a corpus already in OUT (its videos and manifests)"),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Show the progress on stderr."),
 ) -> None:
@@ -41,7 +43,7 @@ def synth(
     from rich.progress import Progress
 
     from pipeline.errors import LabelError
-    from training.synthetic import generate
+    from training.synthetic import corpus_files, generate
 
     lo_f, hi_f = parse_range(frames, "--frames")
     lo_r, hi_r = parse_range(fps, "--fps")
@@ -50,6 +52,13 @@ def synth(
                 min_fps=lo_r, max_fps=hi_r, workers=workers)
     except LabelError as e:
         raise fail(str(e)) from None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise fail(f"{out_dir} is not a folder")
+    existing = corpus_files(out_dir)
+    if existing and not force:
+        shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise fail(f"{out_dir} already holds a corpus ({shown}); pass --force to replace it "
+                   "or choose another folder")
     with terminal_stderr() as stream, Progress(console=Console(file=stream),
                                                disable=not progress) as bar:
         task = bar.add_task("rendering + encoding", total=videos)
