@@ -136,7 +136,8 @@ def test_an_unexpected_failure_is_one_line_and_a_log(runner, store, monkeypatch,
     m = re.fullmatch(r"error: RuntimeError: boom second line of the message \(details: (.+)\)",
                      err[-1])
     assert m, err[-1]
-    log = open(m.group(1)).read()
+    with open(m.group(1)) as f:
+        log = f.read()
     assert "Traceback" in log and "RuntimeError: boom" in log
 
 

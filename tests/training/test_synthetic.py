@@ -175,7 +175,8 @@ def test_splits_of_a_large_corpus_are_stratified_per_class():
 
 
 def _manifest_uris(root) -> set[str]:
-    return {r["uri"] for split in ("train", "val", "test") for r in read_rows(root / f"{split}.csv")}
+    return {r["uri"] for split in ("train", "val", "test")
+            for r in read_rows(root / f"{split}.csv")}
 
 
 def test_synth_refuses_an_existing_corpus_and_replaces_it_consistently_with_force(tmp_path):
