@@ -162,7 +162,18 @@ class _Unclosed(io.TextIOBase):
         return self._stream.isatty()
 
 
-# ------------------------------------------------------------------ the progress display
+# ------------------------------------------------------------------ progress displays
+def progress_display(stream: IO[str], *columns: Any, **options: Any):
+    """A rich Progress drawn on `stream` (the terminal's stderr) that leaves `sys.stdout` and
+    `sys.stderr` alone: rich would otherwise route what libraries print meanwhile (Ray's
+    warnings, say) to the terminal, around the log file."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    return Progress(*columns, console=Console(file=stream), redirect_stdout=False,
+                    redirect_stderr=False, **options)
+
+
 class ProgressBar:
     """The label job's progress on stderr, fed by its callbacks.
 
@@ -206,6 +217,8 @@ class ProgressBar:
         if console is None:
             self._stream = terminal_stderr()
             console = Console(file=self._stream)
+        if not console.is_terminal:  # a file or a pipe: a transient display leaves nothing
+            return self  # but a stray blank line there
         self._progress = LiveProgress(
             TextColumn("[bold]{task.description:<22}"),
             BarColumn(),
@@ -217,6 +230,8 @@ class ProgressBar:
             console=console,
             transient=True,
             refresh_per_second=4,
+            redirect_stdout=False,  # library lines go where fd 1 and 2 point, not around
+            redirect_stderr=False,  # the log to the terminal
         )
         self._progress.__enter__()
         return self

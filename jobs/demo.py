@@ -19,6 +19,7 @@ from jobs.console import (
     fail,
     log_file,
     note,
+    progress_display,
     results_console,
     terminal_stderr,
     to_log,
@@ -32,13 +33,9 @@ MAX_VIDEOS = 5000
 
 def _corpus(root: Path, videos: int) -> Path:
     """The demo corpus, with one manifest of all its videos and their labels."""
-    from rich.console import Console
-    from rich.progress import Progress
-
     from training.synthetic import SynthConfig, combine_manifests, generate
 
-    with terminal_stderr() as stream, Progress(transient=True,
-                                               console=Console(file=stream)) as progress:
+    with terminal_stderr() as stream, progress_display(stream, transient=True) as progress:
         task = progress.add_task("making synthetic videos", total=videos)
         manifests = generate(root, SynthConfig(videos=videos, seed=DEMO_SEED),
                              progress=lambda n: progress.advance(task, n))

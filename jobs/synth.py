@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from jobs.console import TsmCommand, fail, out, terminal_stderr
+from jobs.console import TsmCommand, fail, out, progress_display, terminal_stderr
 from training.synthetic import SynthConfig as S
 
 app = typer.Typer(help="Datasets: make the synthetic corpus.", no_args_is_help=True,
@@ -39,9 +39,6 @@ def synth(
                                   help="Show the progress on stderr."),
 ) -> None:
     """Make a labelled corpus of 10 motion classes in 5 time-reversed pairs."""
-    from rich.console import Console
-    from rich.progress import Progress
-
     from pipeline.errors import LabelError
     from training.synthetic import corpus_files, generate
 
@@ -59,8 +56,7 @@ def synth(
         shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
         raise fail(f"{out_dir} already holds a corpus ({shown}); pass --force to replace it "
                    "or choose another folder")
-    with terminal_stderr() as stream, Progress(console=Console(file=stream),
-                                               disable=not progress) as bar:
+    with terminal_stderr() as stream, progress_display(stream, disable=not progress) as bar:
         task = bar.add_task("rendering + encoding", total=videos)
         manifests = generate(out_dir, cfg, progress=lambda n: bar.advance(task, n))
     for split, path in manifests.items():

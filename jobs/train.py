@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from jobs.console import fail, log_file, out, results_console, terminal_stderr, to_log
+from jobs.console import (
+    fail,
+    log_file,
+    out,
+    progress_display,
+    results_console,
+    terminal_stderr,
+    to_log,
+)
 from training.train_job import TrainConfig as T
 
 
@@ -54,8 +62,7 @@ def command(
                                  help="Print the result as one JSON object on stdout."),
 ) -> None:
     """Train a TSM model (TSN with --no-shift) and register the best validation model."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from pipeline.errors import LabelError
     from training.train_job import train
@@ -76,8 +83,8 @@ def command(
     tasks: dict[int, int] = {}
     log_path = log_file("train")
     # MLflow's and torch's own notes go to the log; the progress to the terminal's stderr
-    with terminal_stderr() as stream, to_log(log_path), Progress(
-            *columns, console=Console(file=stream), disable=not progress) as bar:
+    with terminal_stderr() as stream, to_log(log_path), progress_display(
+            stream, *columns, disable=not progress) as bar:
 
         def on_step(epoch: int, loss: float, acc: float) -> None:
             if epoch not in tasks:

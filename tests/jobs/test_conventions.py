@@ -261,18 +261,27 @@ def test_progress_names_every_start_up_phase_before_the_first_video():
     assert "1/4" in seen[-1]
 
 
-def test_a_disabled_progress_bar_draws_nothing():
+def test_the_progress_display_draws_only_itself_and_only_on_a_terminal(capsys):
     from rich.console import Console
 
     from jobs.console import ProgressBar
 
+    for enabled, terminal in ((False, True), (True, False)):
+        buf = io.StringIO()
+        job = FakeJob()
+        with ProgressBar(enabled, console=Console(file=buf, force_terminal=terminal)) as bar:
+            bar.start(job.p)
+            bar.update(job.p)
+            bar.refresh()
+        assert buf.getvalue() == ""
+    # what libraries print meanwhile goes where stderr points (the log), not onto the display
     buf = io.StringIO()
-    job = FakeJob()
-    with ProgressBar(False, console=Console(file=buf, force_terminal=True)) as bar:
-        bar.start(job.p)
-        bar.update(job.p)
+    with ProgressBar(True, console=Console(file=buf, force_terminal=True)) as bar:
+        bar.start(FakeJob().p)
+        print("a library's warning", file=sys.stderr)
         bar.refresh()
-    assert buf.getvalue() == ""
+    assert "a library's warning" not in buf.getvalue()
+    assert "a library's warning" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- files
@@ -293,3 +302,43 @@ def test_saved_models_are_readable_by_all(tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes == {"model.safetensors": 0o644, "config.json": 0o644}
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_train_and_evaluate_json_are_one_object_and_files_are_readable_by_all(
+        runner, store, monkeypatch):
+    import os
+
+    from training import synthetic
+
+    _mlflow_talks_on_stdout(monkeypatch)
+    old = os.umask(0o022)
+    try:
+        manifests = synthetic.generate(store / "corpus", synthetic.SynthConfig(
+            videos=20, seed=3, size=32, min_frames=8, max_frames=10))
+        tiny = json.dumps({"arch": "mobilenetv2", "num_segments": 2, "input_size": 32,
+                           "resize_size": 32})
+        res = runner.invoke(app, [
+            "train", "--train", str(manifests["train"]), "--val", str(manifests["val"]),
+            "--model-config", tiny, "--epochs", "1", "--workers", "0", "--threads", "1",
+            "--name", "tsm-json", "--out", str(store / "run"), "--json"])
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    (line,) = res.stdout.splitlines()
+    trained = json.loads(line)
+    assert (trained["name"], trained["version"], trained["registered"]) == ("tsm-json", "1", True)
+    assert len(trained["history"]) == 1 and trained["best_dir"] == str(store / "run" / "best")
+    assert "View run" in res.stderr
+    written = [store / "run" / "history.json", *(store / "run" / "best").iterdir()]
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {
+        "history.json": 0o644, "model.safetensors": 0o644, "config.json": 0o644}
+
+    res = runner.invoke(app, ["evaluate", "-m", "models:/tsm-json/1", "--manifest",
+                              str(manifests["test"]), "--output", str(store / "eval"), "--json"])
+    assert res.exit_code == 0, res.output
+    (line,) = res.stdout.splitlines()
+    evaluated = json.loads(line)
+    assert (evaluated["model_name"], evaluated["model_version"]) == ("tsm-json", "1")
+    assert evaluated["num_videos"] == 3 and 0 <= evaluated["top1"] <= 1
+    assert evaluated["dataset_name"] == "test.csv" and evaluated["run_id"]
