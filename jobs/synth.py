@@ -34,13 +34,14 @@ def synth(
     fps: str = typer.Option(f"{S.min_fps}-{S.max_fps}", help="frame-rate range, LO-HI"),
     workers: int = typer.Option(S.workers, help="render/encode processes"),
     force: bool = typer.Option(False, "--force",
-                               help="replace a corpus already in OUT (its videos and manifests)"),
+                               help="replace another corpus already in OUT (its videos and "
+                               "manifests)"),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Show the progress on stderr."),
 ) -> None:
     """Make a labelled corpus of 10 motion classes in 5 time-reversed pairs."""
     from pipeline.errors import LabelError
-    from training.synthetic import corpus_files, generate
+    from training.synthetic import corpus_files, generate, record_of, recorded
 
     lo_f, hi_f = parse_range(frames, "--frames")
     lo_r, hi_r = parse_range(fps, "--fps")
@@ -52,10 +53,12 @@ def synth(
     if out_dir.exists() and not out_dir.is_dir():
         raise fail(f"{out_dir} is not a folder")
     existing = corpus_files(out_dir)
-    if existing and not force:
+    # the same command again (say, after an interrupted run) completes the same corpus;
+    # anything else would replace videos or manifests
+    if existing and not force and recorded(out_dir) != record_of(cfg):
         shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
-        raise fail(f"{out_dir} already holds a corpus ({shown}); pass --force to replace it "
-                   "or choose another folder")
+        raise fail(f"{out_dir} already holds another corpus ({shown}); pass --force to "
+                   "replace it or choose another folder")
     with terminal_stderr() as stream, progress_display(stream, disable=not progress) as bar:
         task = bar.add_task("rendering + encoding", total=videos)
         manifests = generate(out_dir, cfg, progress=lambda n: bar.advance(task, n))

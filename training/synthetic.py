@@ -392,6 +392,21 @@ def corpus_files(out_dir: str | Path) -> list[str]:
     return found
 
 
+def record_of(config: SynthConfig) -> dict:
+    """What `generate` writes to corpus.json: the corpus's size, splits and video settings."""
+    return {"videos": config.videos, "split_fractions": list(config.split_fractions),
+            "videos_made_with": video_settings(config)}
+
+
+def recorded(out_dir: str | Path) -> dict | None:
+    """The record of the corpus in `out_dir` (None if there is none, or it is unreadable)."""
+    try:
+        record = json.loads((Path(out_dir) / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _clear_stale(root: Path, config: SynthConfig) -> None:
     """Make `root` hold only videos the new corpus names, made with its settings.
 
@@ -400,20 +415,14 @@ def _clear_stale(root: Path, config: SynthConfig) -> None:
     removed, as are the old manifests (rewritten at the end). Files that are
     not the corpus's own (other names) are left alone.
     """
-    try:
-        before = json.loads((root / RECORD).read_text()).get("videos_made_with")
-    except (OSError, ValueError, AttributeError):
-        before = None
-    same = before == video_settings(config)
+    same = (recorded(root) or {}).get("videos_made_with") == video_settings(config)
     for name in (*MANIFESTS, "classes.json"):
         (root / name).unlink(missing_ok=True)
     for path in (root / "videos").iterdir():
         m = _VIDEO_NAME.fullmatch(path.name)
         if m and (not same or m.group(2) or int(m.group(1)) >= config.videos):
             path.unlink(missing_ok=True)
-    record = {"videos": config.videos, "split_fractions": list(config.split_fractions),
-              "videos_made_with": video_settings(config)}
-    (root / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    (root / RECORD).write_text(json.dumps(record_of(config), indent=1) + "\n")
 
 
 def generate(

@@ -179,7 +179,8 @@ def _manifest_uris(root) -> set[str]:
             for r in read_rows(root / f"{split}.csv")}
 
 
-def test_synth_refuses_an_existing_corpus_and_replaces_it_consistently_with_force(tmp_path):
+def test_synth_completes_the_same_corpus_refuses_another_and_replaces_it_with_force(
+        tmp_path):
     from jobs.cli import app
 
     runner = CliRunner()
@@ -189,12 +190,21 @@ def test_synth_refuses_an_existing_corpus_and_replaces_it_consistently_with_forc
     assert res.exit_code == 0, res.output
     first = {p.name: p.read_bytes() for p in (out / "videos").iterdir()}
     assert len(first) == 12 and _manifest_uris(out) == {str(out / "videos" / n) for n in first}
-    # again into the same folder: refused, one line, nothing touched
-    res = runner.invoke(app, [*base, "--videos", "5", "--seed", "2"])
-    assert res.exit_code == 2 and res.stdout == ""
-    (line,) = res.stderr.splitlines()
-    assert line.startswith(f"error: {out} already holds a corpus (") and "--force" in line
+    # the same command again (an interrupted run, say): it completes the same corpus
+    (out / "videos" / "00011.mp4").unlink()
+    stamp = {n: (out / "videos" / n).stat().st_mtime_ns for n in first if n != "00011.mp4"}
+    res = runner.invoke(app, [*base, "--videos", "12", "--seed", "1"])
+    assert res.exit_code == 0, res.output
     assert {p.name: p.read_bytes() for p in (out / "videos").iterdir()} == first
+    assert {n: (out / "videos" / n).stat().st_mtime_ns for n in stamp} == stamp
+    # another corpus into the same folder: refused, one line, nothing touched
+    for other in (["--videos", "5", "--seed", "1"], ["--videos", "12", "--seed", "2"]):
+        res = runner.invoke(app, [*base, *other])
+        assert res.exit_code == 2 and res.stdout == ""
+        (line,) = res.stderr.splitlines()
+        assert line.startswith(f"error: {out} already holds another corpus (")
+        assert "--force" in line
+        assert {p.name: p.read_bytes() for p in (out / "videos").iterdir()} == first
     # --force: a smaller corpus with another seed; no video left that the manifests do not name
     (out / "videos" / ".00003.tmp.mp4").write_bytes(b"left by a killed run")
     (out / "videos" / "notes.txt").write_text("not the corpus's")
