@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test lint pictures bench system-deps clean
 
 demo: $(STAMP) system-deps
 	$(BIN)/tsm demo
@@ -16,6 +16,10 @@ demo: $(STAMP) system-deps
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# the PNGs under docs/pictures/ (see docs/pictures/README.md); runs a small label job
+pictures: $(STAMP) system-deps
+	$(BIN)/python docs/pictures/make.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

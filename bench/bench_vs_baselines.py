@@ -129,7 +129,7 @@ PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 def resolve_model(name: str, cache: Path) -> Path:
     """A saved model folder for `name`: a built-in random TSM (made once), bundled, or a path."""
     if name == "bundled":
-        return ROOT / "jobs" / "bundled_model"
+        return ROOT / "tsm_model" / "bundled"
     if name not in MODELS:
         path = Path(name).resolve()
         if not (path / "config.json").is_file():

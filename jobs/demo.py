@@ -13,7 +13,17 @@ from pathlib import Path
 
 import typer
 
-from jobs.console import EXIT_FAILED, ProgressBar, fail, log_file, stderr_to
+from jobs.console import (
+    EXIT_FAILED,
+    ProgressBar,
+    fail,
+    log_file,
+    note,
+    progress_display,
+    results_console,
+    terminal_stderr,
+    to_log,
+)
 
 MODEL_NAME = "tsm-synthetic"
 ALIAS = "champion"
@@ -23,11 +33,9 @@ MAX_VIDEOS = 5000
 
 def _corpus(root: Path, videos: int) -> Path:
     """The demo corpus, with one manifest of all its videos and their labels."""
-    from rich.progress import Progress
-
     from training.synthetic import SynthConfig, combine_manifests, generate
 
-    with Progress(transient=True) as progress:
+    with terminal_stderr() as stream, progress_display(stream, transient=True) as progress:
         task = progress.add_task("making synthetic videos", total=videos)
         manifests = generate(root, SynthConfig(videos=videos, seed=DEMO_SEED),
                              progress=lambda n: progress.advance(task, n))
@@ -60,8 +68,6 @@ def command(
     """Make videos, register the bundled model, label them with Ray, show the results."""
     import time
 
-    from rich.console import Console
-
     import tsm_model
     from pipeline.errors import LabelError
     from pipeline.job import run_label
@@ -75,29 +81,28 @@ def command(
         raise fail(f"videos must be in [1, {MAX_VIDEOS}], got {videos}")
     if not (tsm_model.BUNDLED / "model.safetensors").is_file():
         raise fail(f"the bundled model is missing from {tsm_model.BUNDLED}", EXIT_FAILED)
-    console = Console()
+    console = results_console(soft_wrap=True)
     started = time.monotonic()
     workdir = workdir.resolve()
-    console.print(f"[bold]1/3[/] {videos} synthetic videos (seed {DEMO_SEED}) in {workdir}")
+    note(f"1/3 {videos} synthetic videos (seed {DEMO_SEED}) in {workdir}")
     manifest = _corpus(workdir / "corpus", videos)
 
     log_path = log_file("demo")
     # MLflow's and Ray's start-up chatter goes to a log file, the console keeps the story
-    with stderr_to(log_path):
+    with to_log(log_path):
         version, created = versions.register_if_new(tsm_model.BUNDLED, MODEL_NAME,
                                                     tags={"source": "bundled"})
         if versions.alias_version(MODEL_NAME, ALIAS) is None:
             versions.set_alias(MODEL_NAME, ALIAS, version)
     model_uri = f"models:/{MODEL_NAME}@{ALIAS}"
-    console.print(f"[bold]2/3[/] bundled model {'registered as' if created else 'already is'} "
-                  f"{MODEL_NAME} version {version} in {tracking_uri()}; labelling with "
-                  f"{model_uri}")
+    note(f"2/3 bundled model {'registered as' if created else 'already is'} {MODEL_NAME} "
+         f"version {version} in {tracking_uri()}; labelling with {model_uri}")
 
     output = workdir / "labels"
-    console.print(f"[bold]3/3[/] label job (local Ray) -> {output}")
+    note(f"3/3 label job (local Ray) -> {output}")
     bar = ProgressBar(enabled=True)
     try:
-        with stderr_to(log_path), bar:
+        with to_log(log_path), bar:
             summary = run_label(LabelConfig(input=str(manifest), output=str(output),
                                             model=model_uri),
                                 on_start=bar.start, on_progress=bar.update)

@@ -2,38 +2,51 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 
-from jobs.console import ProgressBar, fail, log_file, stderr_to
+from jobs.console import EXIT_BAD_INPUT, ProgressBar, fail, log_file, out, to_log
 
 
 def command(
-    model: str = typer.Option(..., help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder"),
+    model: str = typer.Option(..., "--model", "-m",
+                              help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder"),
     manifest: str = typer.Option(..., help="labelled manifest (uri, label columns)"),
-    output: str | None = typer.Option(None, help="Parquet output of the label run "
-                                      "(default runs/evaluate/NAME-VERSION)"),
+    output: str | None = typer.Option(None, help="Parquet output of the label run",
+                                      show_default="runs/evaluate/NAME-VERSION"),
     batch_size: int = typer.Option(16, help="clips per model forward"),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Show the progress on stderr."),
+    as_json: bool = typer.Option(False, "--json",
+                                 help="Print the result as one JSON object on stdout."),
 ) -> None:
     """Measure top-1/top-5/per-class accuracy of a model on a labelled manifest."""
+    import dataclasses
+
     from pipeline.errors import LabelError
     from registry.versions import ModelNotFoundError
     from training.evaluation import EXPERIMENT, evaluate
 
-    # Ray's and MLflow's own notes go to a log file; the console keeps the progress bar
+    # Ray's and MLflow's own notes go to a log file; stderr keeps the progress display
     log_path = log_file("evaluate")
-    bar = ProgressBar(enabled=True)
+    bar = ProgressBar(enabled=progress)
     try:
-        with stderr_to(log_path), bar:
+        with to_log(log_path), bar:
             r = evaluate(model, manifest, output, batch_size=batch_size,
                          on_start=bar.start, on_progress=bar.update)
     except (ValueError, FileNotFoundError, ModelNotFoundError, LabelError) as e:
-        raise fail(str(e)) from None
+        raise fail(str(e), EXIT_BAD_INPUT) from None
+    if as_json:
+        out(json.dumps({**dataclasses.asdict(r), "experiment": EXPERIMENT,
+                        "log": str(log_path)}))
+        return
     n_err = sum(r.errors.values())
-    typer.echo(f"{r.model_name} version {r.model_version} on {r.num_videos} videos: "
-               f"top-1 {r.top1:.4f}  top-5 {r.top5:.4f}  errors {n_err}"
-               + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(r.errors.items()))})"
-                  if n_err else ""))
+    out(f"{r.model_name} version {r.model_version} on {r.num_videos} videos: "
+        f"top-1 {r.top1:.4f}  top-5 {r.top5:.4f}  errors {n_err}"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(r.errors.items()))})"
+           if n_err else ""))
     for cls, acc in r.per_class.items():
-        typer.echo(f"  {cls:<24} {acc:.3f}")
-    typer.echo(f"dataset {r.dataset_name} (digest {r.dataset_digest}); MLflow run {r.run_id} "
-               f"(experiment {EXPERIMENT}); labels in {r.output}")
+        out(f"  {cls:<24} {acc:.3f}")
+    out(f"dataset {r.dataset_name} (digest {r.dataset_digest}); MLflow run {r.run_id} "
+        f"(experiment {EXPERIMENT}); labels in {r.output}; log {log_path}")

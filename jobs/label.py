@@ -22,7 +22,9 @@ from jobs.console import (
     ProgressBar,
     fail,
     log_file,
-    stderr_to,
+    out,
+    results_console,
+    to_log,
 )
 from pipeline.settings import LabelConfig as C
 from pipeline.sink import SinkConfig
@@ -38,10 +40,9 @@ def _duration(seconds: float) -> str:
 
 def _summary(summary, log_path: Path) -> None:
     """The end-of-job screen: one line per fact, nothing truncated."""
-    from rich.console import Console
     from rich.markup import escape
 
-    console = Console(soft_wrap=True)
+    console = results_console(soft_wrap=True)
     n_errors = sum(summary.errors.values())
     kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(summary.errors.items(), key=lambda x: -x[1]))
     parts = len(summary.parts)
@@ -85,8 +86,8 @@ def label(
     ),
     num_segments: int | None = typer.Option(
         C.num_segments, "--num-segments", "--segments",
-        help="Frames sampled per video (one per segment). [default: the model's]",
-        show_default=False,
+        help="Frames sampled per video (one per segment).",
+        show_default="the model's",
     ),
     top_k: int = typer.Option(C.top_k, "--top-k", help="Labels kept per video."),
     embeddings: bool = typer.Option(
@@ -99,20 +100,20 @@ def label(
                                    help="Clips per model forward pass."),
     actors: int | None = typer.Option(
         C.actors, "--actors",
-        help="Model actors (each loads the model once). [default: from what the model and "
-        "decoding cost, measured at start-up]", show_default=False),
+        help="Model actors (each loads the model once).",
+        show_default="from what the model and decoding cost, measured at start-up"),
     gpus_per_actor: float = typer.Option(
         C.gpus_per_actor, "--gpus-per-actor", help="GPUs per model actor (0: run the model on CPU)."
     ),
     cpus_per_actor: float | None = typer.Option(
         C.cpus_per_actor, "--cpus-per-actor",
-        help="CPUs Ray reserves per model actor. [default: measured at start-up; 1 with "
-        "GPUs]", show_default=False,
+        help="CPUs Ray reserves per model actor.",
+        show_default="measured at start-up; 1 with GPUs",
     ),
     torch_threads: int | None = typer.Option(
         C.torch_threads, "--torch-threads",
-        help="Intra-op threads per model actor on CPU. [default: measured at start-up]",
-        show_default=False,
+        help="Intra-op threads per model actor on CPU.",
+        show_default="measured at start-up",
     ),
     decode_timeout: float = typer.Option(
         C.decode_timeout_s, "--decode-timeout",
@@ -156,7 +157,11 @@ def label(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Show the plan (model, inputs, what is already done) and stop."
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Show the progress on stderr."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the run's summary as one JSON object (nothing else) on "
+        "stdout; with --dry-run, the plan."),
 ) -> None:
     """Label videos with a TSM model; write one Parquet row per video (resumable)."""
     from pipeline.errors import LabelError, one_line
@@ -182,12 +187,12 @@ def label(
     log_path = log_file("label")
     bar = ProgressBar(enabled=progress and not dry_run)
     try:
-        with stderr_to(log_path):
+        with to_log(log_path):
             plan = plan_label(config)
         if dry_run:
-            typer.echo(json.dumps(plan.describe(), indent=1))
+            out(json.dumps(plan.describe(), indent=None if as_json else 1))
             return
-        with stderr_to(log_path), bar:
+        with to_log(log_path), bar:
             summary = run_plan(plan, on_start=bar.start, on_progress=bar.update)
     except LabelError as e:
         raise fail(str(e), EXIT_BAD_INPUT) from None
@@ -200,4 +205,15 @@ def label(
         with open(log_path, "a") as log:
             traceback.print_exc(file=log)
         raise fail(f"{one_line(e, with_type=True)} (details: {log_path})", EXIT_FAILED) from None
-    _summary(summary, log_path)
+    if as_json:
+        out(json.dumps(summary_json(summary, log_path)))
+    else:
+        _summary(summary, log_path)
+
+
+def summary_json(summary, log_path: Path) -> dict:
+    """The summary as `tsm label --json` prints it: every field, the derived counts, the log."""
+    import dataclasses
+
+    return {**dataclasses.asdict(summary), "processed": summary.processed,
+            "videos_per_s": round(summary.videos_per_s, 4), "log": str(log_path)}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from jobs.console import fail
+from jobs.console import TsmCommand, fail, out, results_console
 
 if TYPE_CHECKING:
     from tsm_model import TSM, TSMConfig
@@ -47,21 +47,30 @@ def _one_line_errors() -> Iterator[None]:
 # ------------------------------------------------------------------ the registry
 
 
-@app.command("list")
-def list_cmd(name: str | None = typer.Argument(None, help="only this registered model")) -> None:
+@app.command("list", cls=TsmCommand)
+def list_cmd(
+    name: str | None = typer.Argument(None, help="only this registered model",
+                                      show_default="every registered model"),
+    as_json: bool = typer.Option(False, "--json",
+                                 help="Print one JSON array (one object per version)."),
+) -> None:
     """Registered versions, their aliases and their latest accuracy per evaluation dataset."""
     from rich import box
-    from rich.console import Console
     from rich.table import Column, Table
 
     from registry.versions import ModelNotFoundError, list_versions
 
     try:
         versions = list_versions(name)
+        latest = [list(v.latest_evaluations().values()) for v in versions]
     except ModelNotFoundError as e:
         raise fail(str(e)) from None
+    if as_json:
+        out(json.dumps([_version_json(v, evals) for v, evals in zip(versions, latest,
+                                                                    strict=True)]))
+        return
     if not versions:
-        typer.echo("no registered models")
+        out("no registered models")
         return
     # names, aliases and digests are what people copy: never wrap or cut them
     # (the training tags, val top-1 among them, are in `tsm models info`)
@@ -69,9 +78,8 @@ def list_cmd(name: str | None = typer.Argument(None, help="only this registered 
                   Column("top-1", no_wrap=True), Column("top-5", no_wrap=True),
                   Column("dataset / digest", no_wrap=True), "created (UTC)",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for v in versions:
-        evals = list(v.latest_evaluations().values()) or [None]
-        for i, e in enumerate(evals):  # one row per evaluation dataset, the newest first
+    for v, evals in zip(versions, latest, strict=True):
+        for i, e in enumerate(evals or [None]):  # one row per evaluation dataset, newest first
             first = i == 0
             table.add_row(
                 v.name if first else "", v.version if first else "",
@@ -79,10 +87,23 @@ def list_cmd(name: str | None = typer.Argument(None, help="only this registered 
                 _fmt(e.top1 if e else None), _fmt(e.top5 if e else None),
                 f"{e.dataset_name}\n{e.dataset_digest}" if e else "-",
                 _when(v.created_ms) if first else "")
-    Console().print(table)
+    results_console().print(table)
 
 
-@app.command("promote")
+def _version_json(v, evals) -> dict[str, Any]:
+    """One version as `tsm models list --json` prints it."""
+    return {
+        "name": v.name, "version": v.version, "aliases": list(v.aliases),
+        "created": _when(v.created_ms), "created_ms": v.created_ms, "model_id": v.model_id,
+        "run_id": v.run_id, "source": v.source, "tags": dict(v.tags),
+        "latest_evaluations": [
+            {"dataset_name": e.dataset_name, "dataset_digest": e.dataset_digest,
+             "num_videos": e.num_videos, "top1": e.top1, "top5": e.top5, "run_id": e.run_id,
+             "measured_at": _when(e.timestamp_ms)} for e in evals],
+    }
+
+
+@app.command("promote", cls=TsmCommand)
 def promote_cmd(
     name: str = typer.Argument(..., help="registered model name"),
     version: str = typer.Argument(..., help="version to promote"),
@@ -98,10 +119,10 @@ def promote_cmd(
     except (ModelNotFoundError, PromotionRefused) as e:
         raise fail(str(e)) from None
     was = f" (was version {before})" if before else ""
-    typer.echo(f"models:/{name}@{alias} -> version {version}{was}")
+    out(f"models:/{name}@{alias} -> version {version}{was}")
 
 
-@app.command("register")
+@app.command("register", cls=TsmCommand)
 def register_cmd(
     model_dir: Path = typer.Argument(..., help="folder with model.safetensors + config.json"),
     name: str = typer.Option(..., "--name", help="registered model name"),
@@ -119,9 +140,9 @@ def register_cmd(
         "arch": config.arch, "temporal": "tsm" if config.shift else "tsn",
         "num_segments": str(config.num_segments), "input_size": str(config.input_size)})
     if created:
-        typer.echo(f"registered {model_dir} as models:/{name}/{version}")
+        out(f"registered {model_dir} as models:/{name}/{version}")
     else:
-        typer.echo(f"{model_dir}: same weights already registered as version {version} "
+        out(f"{model_dir}: same weights already registered as version {version} "
                    f"(models:/{name}/{version}); nothing registered")
 
 
@@ -182,19 +203,19 @@ def _registered(uri: str) -> tuple[Path, dict[str, Any]]:
 
 def _print_registered(r: dict[str, Any]) -> None:
     aliases = f" (@{', @'.join(r['aliases'])})" if r["aliases"] else ""
-    typer.echo(f"registered: {r['name']} version {r['version']}{aliases}")
+    out(f"registered: {r['name']} version {r['version']}{aliases}")
     if r["pyfunc"]:
-        typer.echo(f"  MLflow model: {r['model_id']} (mlflow.pyfunc.load_model works)")
+        out(f"  MLflow model: {r['model_id']} (mlflow.pyfunc.load_model works)")
     else:
-        typer.echo("  MLflow model: none (registered before versions were MLflow models)")
-    typer.echo(f"  weights sha256: {r['weights_sha256']}")
+        out("  MLflow model: none (registered before versions were MLflow models)")
+    out(f"  weights sha256: {r['weights_sha256']}")
     if r["tags"]:
-        typer.echo("  tags: " + ", ".join(f"{k}={v}" for k, v in sorted(r["tags"].items())))
-    typer.echo(f"  evaluations: {r['num_evaluations']}"
+        out("  tags: " + ", ".join(f"{k}={v}" for k, v in sorted(r["tags"].items())))
+    out(f"  evaluations: {r['num_evaluations']}"
                + ("; latest per dataset:" if r["latest_evaluations"] else ""))
     for e in r["latest_evaluations"]:
         size = f", {e['num_videos']} videos" if e["num_videos"] is not None else ""
-        typer.echo(f"    {e['dataset_name']} (digest {e['dataset_digest']}{size}): "
+        out(f"    {e['dataset_name']} (digest {e['dataset_digest']}{size}): "
                    f"top-1 {_fmt(e['top1'])} top-5 {_fmt(e['top5'])} "
                    f"({e['measured_at']} UTC, run {e['run_id']})")
 
@@ -224,18 +245,18 @@ def info(
             summary["files"] = str(path)
             summary["registered"] = registered
     if as_json:
-        typer.echo(json.dumps(summary))
+        out(json.dumps(summary))
         return
     shown = {k: v for k, v in summary["config"].items() if k != "class_names"}
     names = config.class_names
-    typer.echo(f"model: {target}" + (f" (files in {path})" if registered else ""))
+    out(f"model: {target}" + (f" (files in {path})" if registered else ""))
     for key, value in shown.items():
-        typer.echo(f"  {key}: {value}")
+        out(f"  {key}: {value}")
     preview = ", ".join(names[:5]) + (f", ... ({len(names)} total)" if len(names) > 5 else "")
-    typer.echo(f"  class_names: {preview}")
-    typer.echo(f"parameters: {summary['parameters']:,}")
-    typer.echo(f"shift points: {summary['shift_points']}")
-    typer.echo(
+    out(f"  class_names: {preview}")
+    out(f"parameters: {summary['parameters']:,}")
+    out(f"shift points: {summary['shift_points']}")
+    out(
         f"GFLOPs per clip ({config.num_segments} x {config.input_size}x{config.input_size}): "
         f"{summary['gflops_per_clip']:.2f}"
     )
@@ -245,22 +266,25 @@ def info(
 
 def import_cmd(
     path: Path = typer.Argument(..., help="Official TSM or mmaction2 ResNetTSM .pth file."),
-    out: Path = typer.Option(
+    out_dir: Path = typer.Option(
         ..., "--out", help="Directory to write model.safetensors + config.json."
     ),
     num_segments: int | None = typer.Option(
-        None, help="Frames per clip (default: file name, else 8)."
+        None, help="Frames per clip.", show_default="the file name's, else 8"
     ),
     shift_div: int | None = typer.Option(
-        None, help="1/fraction of shifted channels (default: file name, else 8)."
+        None, help="1/fraction of shifted channels.", show_default="the file name's, else 8"
     ),
     shift_place: str | None = typer.Option(
-        None, help="blockres or block (checked against the weights)."
+        None, help="blockres or block (checked against the weights).",
+        show_default="read from the weights"
     ),
     temporal_pool: bool | None = typer.Option(
-        None, "--temporal-pool/--no-temporal-pool", help="Checked against the weights."
+        None, "--temporal-pool/--no-temporal-pool", help="Checked against the weights.",
+        show_default="read from the weights"
     ),
-    class_names: Path | None = typer.Option(None, help="Text file, one class name per line."),
+    class_names: Path | None = typer.Option(None, help="Text file, one class name per line.",
+                                            show_default="class_0, class_1, ..."),
 ) -> None:
     """Convert a .pth checkpoint into the safetensors + JSON model format (then `register` it)."""
     from tsm_model import save
@@ -276,14 +300,14 @@ def import_cmd(
             temporal_pool=temporal_pool,
             class_names=_read_class_names(class_names),
         )
-        save(model, out)
+        save(model, out_dir)
     cfg = model.config
-    typer.echo(
-        f"wrote {out}: {cfg.arch}, {cfg.num_classes} classes, shift={cfg.shift}"
+    out(
+        f"wrote {out_dir}: {cfg.arch}, {cfg.num_classes} classes, shift={cfg.shift}"
         f"{f' ({cfg.shift_place}, 1/{cfg.shift_div})' if cfg.shift else ''}, "
         f"temporal_pool={cfg.temporal_pool}, num_segments={cfg.num_segments}"
     )
 
 
-app.command("info")(info)
-app.command("import")(import_cmd)
+app.command("info", cls=TsmCommand)(info)
+app.command("import", cls=TsmCommand)(import_cmd)

@@ -226,7 +226,7 @@ class _Run:
 
         plan, config, progress = self.plan, self.plan.config, self.progress
         decode_spec = DecodeSpec.from_settings(plan.model_config, config)
-        shares = self._shares(first, decode_spec)
+        shares = self._shares(first, decode_spec, on_progress)
         run.log_params({"actors": shares.actors, "cpus_per_actor": shares.cpus_per_actor,
                         "torch_threads": shares.torch_threads,
                         "balanced": config.balanced})
@@ -280,7 +280,7 @@ class _Run:
             raise RowsLost(f"{queued - progress.written} of {queued} videos came back from the "
                            "pipeline without a row; rerun to label them")
 
-    def _shares(self, first, decode_spec: DecodeSpec) -> Shares:
+    def _shares(self, first, decode_spec: DecodeSpec, on_progress) -> Shares:
         """The flags' split, or one measured from two of the first videos (balance.py)."""
         import ray
 
@@ -288,6 +288,8 @@ class _Run:
         if not config.balanced:
             return config.shares()
         self.progress.phase = "measuring the stages"
+        if on_progress:
+            on_progress(self.progress)
         sample = [ObjectInfo(r["uri"], r["size"], r["version"]) for r in first.to_pylist()
                   if r["error_kind"] is None][:2]
         costs = measure(self.plan.network, sample, decode_spec)
@@ -336,34 +338,38 @@ def run_plan(
     progress = Progress(phase="waiting for the output")
     if on_start:
         on_start(progress)
+
+    def enter(phase: str) -> None:  # shown at once: some phases take a while
+        progress.phase = phase
+        if on_progress:
+            on_progress(progress)
+
     lease = table.store.lease(config.output, f"lease-{uuid.uuid4().hex[:12]}").acquire()
     if lease.taken_from_dead:  # let the dead run's workers stop (see pipeline.lease.GRACE_S)
-        progress.phase = "waiting for a dead run's workers"
+        enter("waiting for a dead run's workers")
         time.sleep(GRACE_S)
     run = None
     job: _Run | None = None
     started_ray = False
     try:
         _fail_dead_runs(config)
-        progress.phase = "reading the output"
+        enter("reading the output")
         table.check_schema(plan.schema)
         table.clean_staging()
         feed_stats = FeedStats()
         pending = todo(plan.inputs(), plan.done(), feed_stats, config.limit)
-        progress.phase = "listing"
+        enter("listing")
         first = next(pending, None)  # nothing left to label: no Ray, no actors
         run = _start_run(plan)
         job = _Run(plan, run.run_id, lease.run_id, progress, feed_stats)
         if first is None:
             feed_stats.finished = True
         else:
-            progress.phase = "starting Ray"
-            if on_progress:
-                on_progress(progress)
+            enter("starting Ray")
             started_ray = _init_ray()
             _quiet_ray_data()
             job.stream(first, pending, lease, run, on_progress)
-        progress.phase = "finishing"
+        enter("finishing")
         summary = LabelSummary(
             input=config.input, output=table.partition, model_uri=plan.model.uri,
             model_name=plan.model.name, model_version=plan.model.version, run_id=run.run_id,

@@ -18,6 +18,7 @@ Layout written by `generate`::
     OUT/videos/00000.mp4 ...
     OUT/train.csv  OUT/val.csv  OUT/test.csv     columns: uri (absolute path), label
     OUT/classes.json                             class names, in label-id order
+    OUT/corpus.json                              the settings the videos were made with
 
 CSV is the manifest format because it is readable everywhere (pyarrow,
 pandas, DuckDB, a text editor) and the label job accepts it as a manifest.
@@ -29,6 +30,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -311,20 +313,42 @@ def encode_mp4(frames: np.ndarray, fps: int, path: Path, crf: int = 18) -> None:
     os.replace(tmp, path)
 
 
+def split_sizes(videos: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """(train, val, test) sizes: val and test `round(videos * fraction)`, train the rest.
+
+    From 3 videos on, val and test (with a fraction above 0) get at least one
+    video each, so a small corpus still has something to validate and test on.
+    """
+    n_val, n_test = round(videos * fractions[1]), round(videos * fractions[2])
+    if videos >= 3:
+        n_val = max(n_val, 1 if fractions[1] > 0 else 0)
+        n_test = max(n_test, 1 if fractions[2] > 0 else 0)
+    elif videos == 2 and fractions[1] > 0:
+        n_val, n_test = 1, 0
+    else:
+        n_val = n_test = 0
+    return videos - n_val - n_test, n_val, n_test
+
+
 def plan(config: SynthConfig) -> list[tuple[VideoSpec, str]]:
-    """Every video's spec and split, balanced over classes and stratified over splits."""
+    """Every video's spec and split, balanced over classes and stratified over splits.
+
+    Each class's videos are shuffled; then the classes take turns (every
+    class's first video, then every class's second, ...) and the first
+    `train` videos of that order are the training split, the next `val` the
+    validation split, the rest the test split (sizes from `split_sizes`). So
+    each split holds every class equally, to within one video.
+    """
     rng = np.random.default_rng(config.seed)
     out: list[tuple[VideoSpec, str]] = []
     per_class: dict[str, list[int]] = {c: [] for c in CLASSES}
     for i in range(config.videos):
         per_class[CLASSES[i % len(CLASSES)]].append(i)
-    split_of: dict[int, str] = {}
-    for ids in per_class.values():
-        ids = [int(x) for x in rng.permutation(ids)]
-        n_train = round(len(ids) * config.split_fractions[0])
-        n_val = round(len(ids) * config.split_fractions[1])
-        for k, i in enumerate(ids):
-            split_of[i] = "train" if k < n_train else "val" if k < n_train + n_val else "test"
+    shuffled = [[int(x) for x in rng.permutation(ids)] for ids in per_class.values()]
+    turns = [ids[k] for k in range(max(map(len, shuffled))) for ids in shuffled if k < len(ids)]
+    n_train, n_val, _ = split_sizes(config.videos, config.split_fractions)
+    split_of = {i: "train" if k < n_train else "val" if k < n_train + n_val else "test"
+                for k, i in enumerate(turns)}
     for i in range(config.videos):
         vrng = np.random.default_rng(video_seed(config.seed, i) ^ 0x5EED)
         spec = VideoSpec(
@@ -341,9 +365,64 @@ def plan(config: SynthConfig) -> list[tuple[VideoSpec, str]]:
 def _make_one(job: tuple[VideoSpec, str, int]) -> str:
     spec, path, crf = job
     target = Path(path)
-    if not target.exists():  # a rerun skips what is already written
+    if not target.exists():  # a rerun skips what is already written (and still valid)
         encode_mp4(render(spec), spec.fps, target, crf)
     return path
+
+
+RECORD = "corpus.json"  # the settings the corpus's videos were made with
+MANIFESTS = tuple(f"{split}.csv" for split in SPLITS)
+_VIDEO_NAME = re.compile(r"\.?(\d{5,})(\.tmp)?\.mp4")  # 00042.mp4, or .00042.tmp.mp4
+
+
+def video_settings(config: SynthConfig) -> dict[str, int]:
+    """What a video's pixels depend on besides its index (not the corpus size or splits)."""
+    return {"seed": config.seed, "size": config.size, "min_frames": config.min_frames,
+            "max_frames": config.max_frames, "min_fps": config.min_fps,
+            "max_fps": config.max_fps, "crf": config.crf}
+
+
+def corpus_files(out_dir: str | Path) -> list[str]:
+    """The files of a corpus already in `out_dir` (manifests, record, `videos/`), if any."""
+    root = Path(out_dir)
+    found = [name for name in (*MANIFESTS, "classes.json", RECORD) if (root / name).is_file()]
+    videos = root / "videos"
+    if videos.is_dir() and any(_VIDEO_NAME.fullmatch(p.name) for p in videos.iterdir()):
+        found.append("videos/")
+    return found
+
+
+def record_of(config: SynthConfig) -> dict:
+    """What `generate` writes to corpus.json: the corpus's size, splits and video settings."""
+    return {"videos": config.videos, "split_fractions": list(config.split_fractions),
+            "videos_made_with": video_settings(config)}
+
+
+def recorded(out_dir: str | Path) -> dict | None:
+    """The record of the corpus in `out_dir` (None if there is none, or it is unreadable)."""
+    try:
+        record = json.loads((Path(out_dir) / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _clear_stale(root: Path, config: SynthConfig) -> None:
+    """Make `root` hold only videos the new corpus names, made with its settings.
+
+    Videos are kept when the recorded settings match (index `i` is then the
+    same video); otherwise, and for indices past the new size, they are
+    removed, as are the old manifests (rewritten at the end). Files that are
+    not the corpus's own (other names) are left alone.
+    """
+    same = (recorded(root) or {}).get("videos_made_with") == video_settings(config)
+    for name in (*MANIFESTS, "classes.json"):
+        (root / name).unlink(missing_ok=True)
+    for path in (root / "videos").iterdir():
+        m = _VIDEO_NAME.fullmatch(path.name)
+        if m and (not same or m.group(2) or int(m.group(1)) >= config.videos):
+            path.unlink(missing_ok=True)
+    (root / RECORD).write_text(json.dumps(record_of(config), indent=1) + "\n")
 
 
 def generate(
@@ -353,11 +432,14 @@ def generate(
 ) -> dict[str, Path]:
     """Write the corpus under `out_dir`; returns {split: manifest path}.
 
-    `progress(n)` is called as each video is written. Rerunning with the same
-    config reuses videos already on disk.
+    `progress(n)` is called as each video is written. A corpus already in
+    `out_dir` is replaced consistently: its videos are reused where the new
+    settings make the very same video, the others are removed (no video is
+    left that the new manifests do not name) and the manifests are rewritten.
     """
     root = Path(out_dir).resolve()
     (root / "videos").mkdir(parents=True, exist_ok=True)
+    _clear_stale(root, config)
     planned = plan(config)
     jobs = [(spec, str(root / "videos" / f"{i:05d}.mp4"), config.crf) for i, (spec, _) in
             enumerate(planned)]

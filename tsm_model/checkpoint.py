@@ -12,7 +12,8 @@ import json
 import os
 import pickle
 import re
-import tempfile
+import stat
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -74,14 +75,20 @@ def save(model: TSM, directory: str | os.PathLike[str]) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    # Write-then-rename so a killed job never leaves a half-written model behind.
-    with tempfile.NamedTemporaryFile(dir=out, suffix=".tmp", delete=False) as tmp:
-        tmp_weights = Path(tmp.name)
-    save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
-    os.replace(tmp_weights, out / WEIGHTS_FILE)
-    tmp_config = out / (CONFIG_FILE + ".tmp")
-    tmp_config.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    os.replace(tmp_config, out / CONFIG_FILE)
+    # Write-then-rename so a killed job never leaves a half-written model behind. The
+    # config is created like any file (0666 less the umask: 0644 as a rule); safetensors
+    # creates the weights 0600, so they get the config's mode: readable by all, like it.
+    tmp = f".{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp_weights, tmp_config = out / (WEIGHTS_FILE + tmp), out / (CONFIG_FILE + tmp)
+    try:
+        tmp_config.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
+        os.chmod(tmp_weights, stat.S_IMODE(tmp_config.stat().st_mode))
+        os.replace(tmp_weights, out / WEIGHTS_FILE)
+        os.replace(tmp_config, out / CONFIG_FILE)
+    finally:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_config.unlink(missing_ok=True)
     return out
 
 

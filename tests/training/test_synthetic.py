@@ -151,3 +151,88 @@ def test_cli_synth_and_bad_flags(tmp_path):
         lines = [ln for ln in res.output.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), res.output
         assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("videos, sizes", [
+    (1, (1, 0, 0)), (2, (1, 1, 0)), (3, (1, 1, 1)), (20, (14, 3, 3)), (30, (22, 4, 4)),
+    (2000, (1400, 300, 300)),
+])
+def test_small_corpora_still_have_a_val_and_a_test_split(videos, sizes):
+    assert synthetic.split_sizes(videos, SynthConfig.split_fractions) == sizes
+    got = [s for _, s in synthetic.plan(SynthConfig(videos=videos, seed=1))]
+    assert tuple(got.count(s) for s in ("train", "val", "test")) == sizes
+    if videos >= 10:  # the classes take turns: every class is in the training split
+        train = {spec.label for spec, s in synthetic.plan(SynthConfig(videos=videos, seed=1))
+                 if s == "train"}
+        assert train == set(CLASSES)
+
+
+def test_splits_of_a_large_corpus_are_stratified_per_class():
+    planned = synthetic.plan(SynthConfig(videos=2000, seed=2019))
+    for c in CLASSES:
+        splits = [s for spec, s in planned if spec.label == c]
+        assert (splits.count("train"), splits.count("val"), splits.count("test")) == (140, 30, 30)
+
+
+def _manifest_uris(root) -> set[str]:
+    return {r["uri"] for split in ("train", "val", "test")
+            for r in read_rows(root / f"{split}.csv")}
+
+
+def test_synth_completes_the_same_corpus_refuses_another_and_replaces_it_with_force(
+        tmp_path):
+    from jobs.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "c"
+    base = ["data", "synth", str(out), "--size", "32", "--frames", "8-10", "--no-progress"]
+    res = runner.invoke(app, [*base, "--videos", "12", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    first = {p.name: p.read_bytes() for p in (out / "videos").iterdir()}
+    assert len(first) == 12 and _manifest_uris(out) == {str(out / "videos" / n) for n in first}
+    # the same command again (an interrupted run, say): it completes the same corpus
+    (out / "videos" / "00011.mp4").unlink()
+    stamp = {n: (out / "videos" / n).stat().st_mtime_ns for n in first if n != "00011.mp4"}
+    res = runner.invoke(app, [*base, "--videos", "12", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert {p.name: p.read_bytes() for p in (out / "videos").iterdir()} == first
+    assert {n: (out / "videos" / n).stat().st_mtime_ns for n in stamp} == stamp
+    # another corpus into the same folder: refused, one line, nothing touched
+    for other in (["--videos", "5", "--seed", "1"], ["--videos", "12", "--seed", "2"]):
+        res = runner.invoke(app, [*base, *other])
+        assert res.exit_code == 2 and res.stdout == ""
+        (line,) = res.stderr.splitlines()
+        assert line.startswith(f"error: {out} already holds another corpus (")
+        assert "--force" in line
+        assert {p.name: p.read_bytes() for p in (out / "videos").iterdir()} == first
+    # --force: a smaller corpus with another seed; no video left that the manifests do not name
+    (out / "videos" / ".00003.tmp.mp4").write_bytes(b"left by a killed run")
+    (out / "videos" / "notes.txt").write_text("not the corpus's")
+    res = runner.invoke(app, [*base, "--videos", "5", "--seed", "2", "--force"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == [f"{s}: {out / s}.csv" for s in ("train", "val", "test")]
+    videos = sorted(p.name for p in (out / "videos").glob("*.mp4"))
+    assert videos == [f"{i:05d}.mp4" for i in range(5)]
+    assert (out / "videos" / "notes.txt").exists()  # not ours: left alone
+    assert _manifest_uris(out) == {str(out / "videos" / n) for n in videos}
+    fresh = tmp_path / "fresh"
+    synthetic.generate(fresh, SynthConfig(videos=5, seed=2, size=32, min_frames=8, max_frames=10))
+    for name in videos:  # re-rendered with the new seed, not kept from the old corpus
+        assert (out / "videos" / name).read_bytes() == (fresh / "videos" / name).read_bytes()
+    # the same settings again: the videos are kept, not re-rendered
+    stamp = {n: (out / "videos" / n).stat().st_mtime_ns for n in videos}
+    res = runner.invoke(app, [*base, "--videos", "5", "--seed", "2", "--force"])
+    assert res.exit_code == 0, res.output
+    assert {n: (out / "videos" / n).stat().st_mtime_ns for n in videos} == stamp
+
+
+def test_corpus_files_are_readable_by_all(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        synthetic.generate(tmp_path, SynthConfig(videos=2, size=32, min_frames=8, max_frames=8))
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) == 2 + 5 and {p.stat().st_mode & 0o777 for p in files} == {0o644}
