@@ -38,7 +38,14 @@ class VideoProbe:
     `Profile 2`, ...) or None; `pix_fmt`: FFmpeg's pixel format (`yuv420p`,
     `yuvj420p`, `yuv420p10le`, `yuv444p`, `gbrp`, ...) or None; `bit_depth`:
     bits per sample (None: taken from `pix_fmt`); `num_frames`: frames in the
-    stream, or None when unknown (then the decode-cost rule cannot apply).
+    stream, or None when unknown (then the decode-cost rule cannot apply);
+    `packets`: video packets a demux pass over the whole file found, or None.
+
+    `packets < num_frames` means the file is cut short: DALI then returns the
+    missing frames without an error, as stale data (a frame decoded earlier,
+    possibly of another video in the batch), so such a file goes to the CPU
+    decoder, which reports it as truncated. The decode stage should demux the
+    bytes it fetched (no decoding: cheap) to fill `packets`.
     """
 
     codec: str
@@ -48,6 +55,7 @@ class VideoProbe:
     width: int
     height: int
     num_frames: int | None = None
+    packets: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +237,10 @@ def route(
     codec = (probe.codec or "").lower()
     if probe.width <= 0 or probe.height <= 0:
         return Route("cpu", f"unknown frame size {probe.width}x{probe.height}")
+    if probe.packets is not None and probe.num_frames is not None and \
+            probe.packets < probe.num_frames:
+        return Route("cpu", f"{probe.packets} packets for {probe.num_frames} frames: cut short? "
+                            "DALI would return stale frames, the CPU decoder reports it")
     frames = last_index + 1 if last_index is not None else probe.num_frames
     if max_decode_frames is not None and frames is not None and frames > max_decode_frames:
         return Route("cpu", f"{frames} frames to decode from the start > {max_decode_frames}: "

@@ -138,3 +138,12 @@ def test_every_rule_says_why():
     rows = routing_rows()
     assert {r["codec"] for r in rows} == set(NVDEC_RULES) | set(CPU_ON_PURPOSE)
     assert all(len(str(r["reason"])) > 40 for r in rows)
+
+
+def test_a_file_with_fewer_packets_than_frames_goes_to_the_cpu_decoder():
+    cut = VideoProbe("vp9", "Profile 0", "yuv420p", 8, 640, 360, num_frames=250, packets=120)
+    whole = VideoProbe("vp9", "Profile 0", "yuv420p", 8, 640, 360, num_frames=250, packets=250)
+    for backend in ("nvdec", "dali-cpu"):
+        assert route(cut, backend=backend).target == "cpu"
+        assert "cut short" in route(cut, backend=backend).reason
+        assert route(whole, backend=backend).target == "gpu"
