@@ -42,7 +42,7 @@ from pipeline.decoders.dali import (
     decode_with_fallback,
     is_out_of_memory,
 )
-from pipeline.decoders.routing import VideoProbe, route
+from pipeline.decoders.routing import VideoProbe, caps_for, route
 from pipeline.sampling import segment_indices
 from pipeline.transforms import normalize, resize_crop
 
@@ -504,18 +504,17 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("name", ["vp9", "h264_gpu", "hevc_gpu"])
-def test_gpu_decode_stays_on_the_device_and_matches(clips, tmp_path, name, tiny_model):
+@pytest.mark.parametrize("codec", ["vp9", "h264", "hevc"])
+def test_gpu_decode_stays_on_the_device_and_matches(tmp_path, codec, tiny_model):
+    """NVDEC through DALI's mixed backend: the requested frames, clips on the GPU close to
+    the CPU path (the CPU backend's tolerances: the mixed backend's colour conversion is
+    DALI's own CUDA kernel, not yet measured), and the model runs on them there."""
     import tsm_model
-    from pipeline.decoders.routing import caps_for
 
-    if name == "vp9":
-        path = clips["vp9_hue"]  # 160x120
-    else:
-        codec = H264 if name == "h264_gpu" else ["-c:v", "libx265", "-preset", "ultrafast",
-                                                 "-pix_fmt", "yuv420p", "-x265-params",
-                                                 "log-level=none"]
-        path = _encode(tmp_path / f"{name}.mp4", codec, "256x192")
+    args = {"vp9": VP9, "h264": H264,
+            "hevc": ["-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                     "-x265-params", "log-level=none"]}[codec]
+    path = _encode(tmp_path / f"{codec}.{'webm' if codec == 'vp9' else 'mp4'}", args, "256x192")
     probe = ffprobe(path)
     assert route(probe, caps=caps_for(torch.cuda.get_device_capability())).target == "gpu"
     decoder = DaliBatchDecoder(spec(device="mixed", output="float"))
