@@ -5,7 +5,7 @@
     fallback = CpuFallback(spec.resize_size, spec.input_size)
     batch = decode_with_fallback(dali, [EncodedClip(data, indices), ...], fallback)
     batch.clips        # (n, T, 3, S, S) on the GPU: uint8, or normalised float32
-    batch.decoders[i]  # "dali" or "cpu" (DALI failed, the CPU decoder read it)
+    batch.decoders[i]  # "dali", or "cpu_fallback" (DALI gave up, the CPU decoder read it)
     batch.errors[i]    # None, or (ErrorKind, message) from the CPU decoder: an error row
 
 Unlike `pipeline.decoders.Decoder` (one video, on the host), this decodes a
@@ -53,8 +53,10 @@ if TYPE_CHECKING:
 Device = Literal["mixed", "cpu"]
 Output = Literal["uint8", "float"]
 
-DECODER_DALI = "dali"
-DECODER_CPU = "cpu"
+# values for the output's `decoder` column
+DECODER_CPU = "cpu"  # routed to the CPU decoder by the decode stage
+DECODER_DALI = "dali"  # decoded by DALI
+DECODER_CPU_FALLBACK = "cpu_fallback"  # DALI gave up on it, the CPU decoder read it
 
 
 def dali_import_error() -> str | None:
@@ -488,7 +490,7 @@ class ClipBatch:
     """Clips for the model with what decoded each: row i is valid when `errors[i]` is None."""
 
     clips: torch.Tensor  # (n, T, 3, S, S) on the device, uint8 or normalised float32
-    decoders: list[str]  # DECODER_DALI or DECODER_CPU (DALI failed, the CPU decoder read it)
+    decoders: list[str]  # DECODER_DALI, or DECODER_CPU_FALLBACK (DALI gave up on the clip)
     errors: list[tuple[ErrorKind, str] | None]  # the CPU decoder's verdict when both failed
     dali_errors: list[str | None] = field(default_factory=list)  # why DALI gave a clip up
 
@@ -508,7 +510,7 @@ def decode_with_fallback(dali: DaliBatchDecoder, items: Sequence[EncodedClip],
     for i, problem in enumerate(batch.errors):
         if problem is None:
             continue
-        decoders[i] = DECODER_CPU
+        decoders[i] = DECODER_CPU_FALLBACK
         item = items[i]
         data, indices = (item.data, item.indices) if isinstance(item, EncodedClip) else item
         try:

@@ -32,7 +32,7 @@ from pipeline.contract import ErrorKind
 from pipeline.decoders import DecodeError, decoder_for
 from pipeline.decoders import dali as dali_mod
 from pipeline.decoders.dali import (
-    DECODER_CPU,
+    DECODER_CPU_FALLBACK,
     DECODER_DALI,
     CpuFallback,
     DaliBatchDecoder,
@@ -442,7 +442,7 @@ def test_decode_with_fallback(clips, dali, fallback):
     wanted = segment_indices(FRAMES, 4)
     names = ["vp9", "h264", "empty", "random", "cut_vp9"]
     batch = decode_with_fallback(dali, [item(clips[n], wanted) for n in names], fallback)
-    assert batch.decoders == [DECODER_DALI] + [DECODER_CPU] * 4
+    assert batch.decoders == [DECODER_DALI] + [DECODER_CPU_FALLBACK] * 4
     assert batch.errors[0] is None and batch.errors[1] is None
     assert batch.dali_errors[0] is None and all(batch.dali_errors[1:])
     assert batch.errors[2][0] == ErrorKind.EMPTY
