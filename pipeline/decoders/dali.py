@@ -290,9 +290,9 @@ class DaliBatchDecoder:
         return self._pipes[preprocess]
 
     def _rebuild(self, preprocess: bool, error: BaseException) -> None:
-        """A fresh pipeline after a failure (a failed run may leave it unusable)."""
+        """A fresh pipeline after a failure (a failed run may leave it unusable). If that
+        fails too, the clips of this `decode` call fail at once with the reason."""
         self._pipes.pop(preprocess, None)
-        self._broken.pop(preprocess, None)
         if is_out_of_memory(error) and self.device.type == "cuda":
             import torch
 
@@ -334,7 +334,8 @@ class DaliBatchDecoder:
         try:
             results = self._run(preprocess, [prepared[i] for i in group])
         except Exception as e:
-            self._rebuild(preprocess, e)
+            if preprocess not in self._broken:
+                self._rebuild(preprocess, e)
             if len(group) == 1:
                 errors[group[0]] = (f"GPU out of memory on one clip: {dali_gist(e)}"
                                     if is_out_of_memory(e) else dali_gist(e))
@@ -356,6 +357,7 @@ class DaliBatchDecoder:
                 errors[i] = problem
 
     def _decode(self, preprocess: bool, prepared: list, sink) -> list[str | None]:
+        self._broken.pop(preprocess, None)  # a pipeline that could not be rebuilt: try again
         errors: list[str | None] = [p if isinstance(p, str) else None for p in prepared]
         todo = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
         size = self.spec.batch_size

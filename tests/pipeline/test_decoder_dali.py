@@ -424,15 +424,27 @@ def test_out_of_memory_on_one_clip_is_its_failure_not_a_loop(clips, monkeypatch)
 
 
 def test_a_pipeline_that_cannot_be_rebuilt_fails_the_clips(clips, monkeypatch):
+    """The GPU gone: every clip fails with the reason, at most two build attempts per call
+    (no attempt per clip), and decoding resumes once a pipeline can be built again."""
     decoder = DaliBatchDecoder(spec())
+    attempts = []
+    real = dali_mod._build_pipeline
 
     def build(*args):
+        attempts.append(args)
         raise RuntimeError("CUDA driver gone")
 
     monkeypatch.setattr(dali_mod, "_build_pipeline", build)
-    batch = decoder.decode([item(clips["random"], [0]), item(clips["vp9"], [0])])
+    wanted = [0, 1]
+    batch = decoder.decode([item(clips["random"], wanted), item(clips["vp9"], wanted)])
     assert batch.errors[0].startswith("DALI:")
     assert "cannot rebuild the DALI pipeline: CUDA driver gone" in batch.errors[1]
+    assert len(attempts) == 1
+    batch = decoder.decode([item(clips["vp9"], wanted)] * 3)
+    assert all("CUDA driver gone" in e for e in batch.errors)
+    assert len(attempts) == 3
+    monkeypatch.setattr(dali_mod, "_build_pipeline", real)
+    assert decoder.decode([item(clips["vp9"], wanted)]).errors == [None]
 
 
 # --------------------------------------------------------------------------- the fallback
