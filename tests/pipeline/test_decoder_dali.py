@@ -380,7 +380,7 @@ def test_a_poisoned_pipeline_is_rebuilt(clips, monkeypatch):
 
 def test_without_the_rebuild_the_poison_stays(clips, monkeypatch):
     """The check above passes because of the rebuild: with it switched off, DALI keeps
-    failing after one bad input (what the research found, and why the decoder rebuilds)."""
+    failing after one bad input (why the decoder rebuilds after any failed run)."""
     decoder = DaliBatchDecoder(spec())
     _poison_first_run(monkeypatch)
     monkeypatch.setattr(DaliBatchDecoder, "_rebuild", lambda self, preprocess, error: None)
