@@ -211,7 +211,7 @@ def pure_work(todo, pre, inf, sample: int) -> tuple[float, float]:
         results.append(ClipResult(o, clip=clip, video=decoded.video))
     decode = (time.process_time() - c0) / len(objs)
     clf = ClipClassifier(inf)  # sets torch threads as the actors do
-    batch = results_table(results, pre)
+    batch = results_table(results)
     clf(batch)  # warm-up
     c0 = time.process_time()
     clf(batch)

@@ -55,6 +55,9 @@ def _summary(summary, log_path: Path) -> None:
         lines.append(("duplicates", f"{summary.duplicates:,} repeated inputs dropped"))
     if summary.invalid_rows:
         lines.append(("bad rows", f"{summary.invalid_rows:,} manifest rows without a uri"))
+    if set(summary.decoders) - {"cpu"}:  # say it when anything but the CPU decoder was used
+        used = ", ".join(f"{k} {n:,}" for k, n in sorted(summary.decoders.items()))
+        lines.append(("decoded", escape(used)))
     lines += [
         ("output", f"{escape(summary.output)} ({parts} new part file{'s' if parts != 1 else ''})"),
         ("model", f"{escape(summary.model_name)} version {escape(summary.model_version)}"),
@@ -128,6 +131,12 @@ def label(
         help="Which frame of each segment: uniform (its centre, exact) or keyframe (the "
         "cheapest to decode: far less decoding and reading).",
     ),
+    decoder: str = typer.Option(
+        C.decoder, "--decoder",
+        help="cpu: decode every video in the CPU decode tasks; dali: the model actors decode "
+        "what NVIDIA DALI can (NVDEC on their GPUs; DALI's CPU backend without GPUs), the CPU "
+        "tasks the rest; auto: dali where DALI imports and the actors have GPUs, else cpu.",
+    ),
     whole_read_mb: float = typer.Option(
         C.whole_read_mb, "--whole-read-mb",
         help="S3 objects up to this size are read with one GET; larger ones with ranged GETs "
@@ -141,17 +150,18 @@ def label(
     keep_columns: str = typer.Option(
         ",".join(C.keep_columns), "--keep-columns",
         help="Manifest columns to carry into every row (comma-separated, e.g. video_id).",
+        show_default="none",
     ),
     limit: int | None = typer.Option(
         C.limit, "--limit", help="Label at most N videos (of those not done yet).",
-        show_default=False),
+        show_default="no limit"),
     max_error_rate: float | None = typer.Option(
         C.max_error_rate, "--max-error-rate",
         help="Fail the run (exit 1, rows kept, no run record) if more than this share of "
-        "its videos get error rows, e.g. 0.05.", show_default=False),
+        "its videos get error rows, e.g. 0.05.", show_default="none: never fail"),
     part_rows: int = typer.Option(
         SinkConfig.max_rows, "--part-rows",
-        help="Rows per output Parquet file (files also roll at ~128 MB).",
+        help="Rows per output Parquet file (files also roll at ~64 MB).",
     ),
     bf16: bool = typer.Option(C.bf16, "--bf16", help="bfloat16 autocast on GPU."),
     dry_run: bool = typer.Option(
@@ -173,8 +183,8 @@ def label(
             actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
             torch_threads=torch_threads,
             decode_timeout_s=decode_timeout, stall_timeout_s=stall_timeout,
-            sampling=sampling, whole_read_mb=whole_read_mb, max_frame_pixels=max_frame_pixels,
-            bf16=bf16,
+            sampling=sampling, decoder=decoder, whole_read_mb=whole_read_mb,
+            max_frame_pixels=max_frame_pixels, bf16=bf16,
             keep_columns=tuple(c.strip() for c in keep_columns.split(",") if c.strip()),
             limit=limit, max_error_rate=max_error_rate, sink=SinkConfig(max_rows=part_rows),
         )

@@ -36,6 +36,14 @@ class Status(StrEnum):
     ERROR = "error"
 
 
+class DecodedBy(StrEnum):
+    """Values of the `decoder` column: what turned the video into frames."""
+
+    CPU = "cpu"  # the CPU decoder, in the decode task
+    DALI = "dali"  # NVIDIA DALI, in the model actor (NVDEC on a GPU)
+    CPU_FALLBACK = "cpu_fallback"  # DALI gave up on it; the CPU decoder read it in the actor
+
+
 class ErrorKind(StrEnum):
     """Why a video has no labels. `final`: the video itself is at fault; otherwise a rerun
     tries it again (the store, the network, a crash or a limit may not hold next time)."""
@@ -114,7 +122,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("bytes_read", pa.int64(), VIDEO, True, "bytes fetched from the store to decode"),
     Column("read_retries", pa.int32(), VIDEO, True, "store requests that had to be repeated"),
     Column("decode_cpu_s", pa.float32(), VIDEO, True, "CPU seconds to fetch and decode"),
-    Column("decoder", pa.string(), VIDEO, True, "what decoded the frames: cpu or dali"),
+    Column("decoder", pa.string(), VIDEO, True,
+           "what decoded the frames: cpu, dali or cpu_fallback (DecodedBy)"),
     Column("run_id", pa.string(), STAMP, False, "the MLflow run that wrote the row"),
     Column("processed_at", pa.timestamp("us", tz="UTC"), STAMP, False, "when the row was made"),
     Column("sampling", pa.string(), STAMP, False,

@@ -32,7 +32,7 @@ from typing import Any
 from pipeline.errors import one_line
 
 _HEADER = struct.Struct("<Q")
-START_TIMEOUT_S = 120.0  # importing torch and decord on a loaded machine
+START_TIMEOUT_S = 120.0  # importing torch or PyAV on a loaded machine
 
 
 class ChildError(RuntimeError):

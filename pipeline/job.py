@@ -70,6 +70,7 @@ class LabelSummary:
     parts: list[str]
     tracking_uri: str
     cost: dict[str, float]  # decoding totals: frames_decoded, frames_used, bytes_read, ...
+    decoders: dict[str, int]  # decoded videos by what decoded them (cpu, dali, cpu_fallback)
 
     @property
     def processed(self) -> int:
@@ -91,6 +92,7 @@ class LabelSummary:
             "parts_written": len(self.parts),
         }
         out.update({f"errors_{kind}": n for kind, n in sorted(self.errors.items())})
+        out.update({f"decoded_by_{name}": n for name, n in sorted(self.decoders.items())})
         videos = max(self.processed, 1)
         out.update({
             "frames_decoded_per_used": round(
@@ -122,6 +124,29 @@ def _quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
     # Ray Data's advice (memory hints, "progress bars disabled") is for Ray's logs, not users
     logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def stop_execution(ds) -> None:
+    """Shut down a dataset's streaming execution now: its tasks, and its actors with the CPUs
+    and GPUs they hold.
+
+    Ray Data does this when the execution runs out, when its iterator is
+    closed, or when the Dataset is garbage-collected. A run that fails midway
+    (a listing error, a lost lease, a stall) can wait for none of them: the
+    thread that holds the iterator may be blocked for ever on output that will
+    not come, and on a shared Ray (a cluster, a notebook, a second run in the
+    same process) the stream's actors would keep their resources from the next
+    run, which then waits for ever (found by tests/pipeline/test_job.py). Ray
+    Data has no public call for this; its executor is the thread named after
+    the dataset, and its `shutdown(force=True)` kills the actors
+    (ray-project/ray#51769).
+    """
+    import threading
+
+    prefix = "StreamingExecutor-" + ds.get_dataset_id().rsplit("_", 1)[0] + "_"
+    for thread in threading.enumerate():
+        if thread.name.startswith(prefix) and callable(getattr(thread, "shutdown", None)):
+            thread.shutdown(force=True)
 
 
 def decode_tasks(ds, spec: DecodeSpec):
@@ -192,6 +217,8 @@ def _start_run(plan: LabelPlan):
         "model_version": ref.version,
         "num_segments": plan.model_config.num_segments,
         "sampling": config.sampling,
+        "decoder": plan.decoder,
+        "gpu_backend": plan.gpu_backend or "",
         "max_frame_pixels": config.max_frame_pixels,
         "top_k": config.top_k,
         "embeddings": config.embeddings,
@@ -213,10 +240,12 @@ class _Run:
         self.feed_stats = feed_stats
         self.parts: list[str] = []
         self.errors: Counter[str] = Counter()
+        self.decoders: Counter[str] = Counter()  # rows by what decoded them
         self.ok = 0
         self.cost: Counter[str] = Counter()
         self.feed: Feed | None = None
         self.tally = None
+        self.ds = None  # the Ray Data stream, once built
 
     def stream(self, first, pending, lease, run, on_progress) -> None:
         """Run the Ray Data stream over the listing's chunks still to label: `first`, then
@@ -225,7 +254,7 @@ class _Run:
         import ray.data
 
         plan, config, progress = self.plan, self.plan.config, self.progress
-        decode_spec = DecodeSpec.from_settings(plan.model_config, config)
+        decode_spec = DecodeSpec.from_settings(plan.model_config, config, plan.gpu_backend)
         shares = self._shares(first, decode_spec, on_progress)
         run.log_params({"actors": shares.actors, "cpus_per_actor": shares.cpus_per_actor,
                         "torch_threads": shares.torch_threads,
@@ -238,7 +267,7 @@ class _Run:
         weights = ray.put((Path(plan.model.path) / "model.safetensors").read_bytes())
         self.tally = new_tally()
         model_spec = ModelSpec.from_settings(plan.model_config, weights, stamp, config, shares,
-                                             self.tally)
+                                             self.tally, decode_spec)
         part_spec = PartSpec(config.output, plan.table.partition, self.run_id, self.lease_id,
                              plan.schema, config.sink.row_group_rows, config.sink.compression)
         emb = plan.schema.field("embedding").type
@@ -247,7 +276,7 @@ class _Run:
         source = ray.data.read_datasource(
             FeedDatasource(self.feed, config.videos_per_decode_task),
             override_num_blocks=READERS)
-        ds = part_writers(
+        self.ds = ds = part_writers(
             model_actors(decode_tasks(source, decode_spec), model_spec, config, shares),
             part_spec, rows_per_part)
         progress.phase = "loading the model"
@@ -271,6 +300,7 @@ class _Run:
                 self.parts.append(plan.table.store.join(plan.table.partition, row["part"]))
                 self.ok += row["ok"]
                 self.errors.update(json.loads(row["errors"]))
+                self.decoders.update(json.loads(row["decoders"]))
                 self.cost.update({k: row[k] for k in COST})
                 progress.written += row["rows"]
         self.feed.check()
@@ -315,6 +345,9 @@ class _Run:
             p.phase = "labelling"
 
     def close(self) -> None:
+        """Stop what still runs: the stream (a no-op once it ran out), then the listing feed."""
+        if self.ds is not None:
+            stop_execution(self.ds)
         if self.feed is not None:
             self.feed.stop()
 
@@ -377,6 +410,7 @@ def run_plan(
             invalid_rows=plan.listing.invalid_rows, skipped=feed_stats.skipped,
             ok=job.ok, errors=dict(job.errors), wall_time_s=time.monotonic() - started,
             parts=list(job.parts), tracking_uri=run.tracking_uri, cost=dict(job.cost),
+            decoders=dict(job.decoders),
         )
         run.log_metrics(summary.metrics())
         _check_error_rate(config, summary)

@@ -6,28 +6,42 @@ the final Parquet schema, made by `pipeline.contract.build_rows`. Error rows
 pass straight through. If the model fails on a batch, each clip is retried
 alone, so one bad clip becomes one error row and the rest of the batch is
 still labelled.
+
+With DALI (`ModelSpec.dali`), the rows the decode tasks shipped encoded are
+decoded here, on the actor's GPU, into the same tensor as the CPU-decoded
+clips: the frames never leave the device. What DALI gives up on is decoded by
+the CPU decoder in a child process (`pipeline.decoders.dali`); what neither
+can read gets the CPU decoder's error row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.contract import (
     VIDEO_COLUMNS,
+    DecodedBy,
     ErrorKind,
     Predictions,
     RunStamp,
     build_rows,
     output_schema,
 )
+from pipeline.decode_stage import CLIP, ENCODED, DecodeSpec, read_clips
+from pipeline.decoders.dali import CpuFallback, DaliSpec
 from pipeline.errors import one_line
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,15 +61,24 @@ class ModelSpec:
     torch_threads: int | None  # intra-op threads on CPU; None = torch's default
     tally: Any = None  # the run's pipeline.progress.Tally actor: each batch's outcome goes there
     kept: tuple[str, ...] = ()  # manifest columns carried into the rows
+    dali: DaliSpec | None = None  # decode the rows shipped encoded with DALI (None: none are)
+    decode: DecodeSpec | None = None  # the decode tasks' limits, for the CPU fallback
 
     @classmethod
     def from_settings(cls, model_config, weights, stamp: RunStamp, config, shares,
-                      tally=None) -> ModelSpec:
-        """From the model's config, its weights, the run's stamp, the job's `LabelConfig`
-        and the model stage's share of the CPUs (`pipeline.balance.Shares`)."""
+                      tally=None, decode: DecodeSpec | None = None) -> ModelSpec:
+        """From the model's config, its weights, the run's stamp, the job's `LabelConfig`,
+        the model stage's share of the CPUs (`pipeline.balance.Shares`) and, if the actors
+        decode with DALI, the decode tasks' spec (its `job.gpu_backend` says which DALI)."""
+        dali = None
+        if decode is not None and decode.job.gpu_backend is not None:
+            device = "mixed" if decode.job.gpu_backend == "nvdec" else "cpu"
+            dali = DaliSpec.from_model_config(model_config, device=device,
+                                              batch_size=config.batch_size)
         return cls(model_config, weights, stamp, config.top_k, config.embeddings,
                    config.embedding_dtype, config.gpus_per_actor > 0, config.bf16,
-                   shares.torch_threads, tally, config.keep_columns)
+                   shares.torch_threads, tally, config.keep_columns, dali,
+                   decode if dali is not None else None)
 
 
 @dataclass
@@ -87,33 +110,66 @@ class ClipClassifier:
 
             weights = ray.get(weights)
         self.model = tsm_model.from_bytes(spec.model_config, weights).to(self.device)
+        if spec.use_gpu:  # cuDNN's fast convolution kernels (bf16 above all) want NHWC
+            self.model = self.model.to(memory_format=torch.channels_last)
         config = self.model.config
+        self.clip_shape = (config.num_segments, 3, config.input_size, config.input_size)
         self.class_names = list(config.class_names)
         self.k = min(spec.top_k, config.num_classes)
         self.schema = output_schema(self.model.feature_dim, spec.embedding_dtype, spec.kept)
+        self.dali = self.fallback = None
+        if spec.dali is not None:
+            self._start_decoders(spec)
         if spec.tally is not None:
             spec.tally.actor_ready.remote()
 
+    def _start_decoders(self, spec: ModelSpec) -> None:
+        """DALI, and the CPU decoder for what it gives up on. An actor where DALI does not
+        start (a broken install, no GPU visible) decodes every shipped video on the CPU
+        (decoder `cpu_fallback`), so nothing is lost; the log says why."""
+        from pipeline.decoders.dali import DaliBatchDecoder
+
+        decode = spec.decode
+        self.fallback = CpuFallback(spec.dali.resize_size, spec.dali.input_size,
+                                    timeout_s=decode.timeout_s,
+                                    max_pixels=decode.job.max_frame_pixels,
+                                    memory_limit=decode.memory_bytes)
+        try:
+            self.dali = DaliBatchDecoder(spec.dali)
+        except Exception as e:
+            log.warning("DALI did not start, decoding on the CPU instead: %s", one_line(e))
+
     # -------------------------------------------------------------- the forward pass
-    def _forward(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (n, T, 3, S, S) -> (probabilities (n, C), embeddings (n, D)) as float32."""
+    def _to_device(self, clips: np.ndarray) -> torch.Tensor:
+        """uint8 clips from the decode tasks -> a tensor on the model's device (through pinned
+        memory, asynchronously, on a GPU)."""
+        import torch
+
+        x = torch.from_numpy(clips)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return x
+
+    def _forward(self, clips: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (n, T, 3, S, S) on the device -> (probabilities (n, C), embeddings (n, D))
+        as float32."""
         import torch
 
         from pipeline.transforms import normalize
 
         config = self.model.config
-        x = torch.from_numpy(clips).to(self.device, non_blocking=True)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.spec.use_gpu and self.spec.bf16
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            logits, emb = self.model.logits_and_features(normalize(x, config.mean, config.std))
+            logits, emb = self.model.logits_and_features(
+                normalize(clips, config.mean, config.std))
             probs = torch.softmax(logits.float(), dim=1)
         return probs.cpu().numpy(), emb.float().cpu().numpy()
 
-    def _label(self, clips: np.ndarray) -> _Labels:
+    def _label(self, clips: torch.Tensor) -> _Labels:
         n = len(clips)
         ok = np.ones(n, dtype=bool)
         messages: list[str | None] = [None] * n
@@ -137,41 +193,113 @@ class ClipClassifier:
         scores = np.take_along_axis(probs, order, axis=1).astype(np.float32)
         return _Labels(ok, messages, order, scores, emb)
 
+    # -------------------------------------------------------------- the clips
+    def _decode_shipped(self, batch: pa.Table, rows: np.ndarray, verdicts: _Verdicts):
+        """The shipped rows decoded (DALI, else the CPU fallback): (the rows that got a
+        clip, their clips on the device); the others get their error in `verdicts`."""
+        import torch
+
+        from pipeline.decoders import DecodeError
+        from pipeline.decoders.dali import EncodedClip, decode_with_fallback
+
+        encoded = batch[ENCODED].take(pa.array(rows)).to_pylist()
+        indices = batch["frame_indices"].take(pa.array(rows)).to_pylist()
+        items = [EncodedClip(data, idx) for data, idx in zip(encoded, indices, strict=True)]
+        if self.dali is not None:
+            out = decode_with_fallback(self.dali, items, self.fallback)
+            clips, decoders, errors = out.clips, out.decoders, out.errors
+        else:  # DALI did not start in this actor
+            clips = torch.zeros((len(items), *self.clip_shape), dtype=torch.uint8)
+            decoders, errors = [DecodedBy.CPU_FALLBACK] * len(items), [None] * len(items)
+            for j, item in enumerate(items):
+                try:
+                    clips[j] = torch.from_numpy(self.fallback.decode(item.data, item.indices))
+                except DecodeError as e:
+                    errors[j] = (e.kind, e.message)
+            clips = clips.to(self.device)
+        good = []
+        for j, i in enumerate(rows):
+            verdicts.decoders[i] = str(decoders[j])
+            if errors[j] is None:
+                good.append(j)
+            else:
+                verdicts.fail(i, *errors[j])
+        return rows[good], clips[good]
+
+    def _clips(self, batch: pa.Table, todo: np.ndarray, verdicts: _Verdicts):
+        """(rows, uint8 clips on the device) for the rows in `todo`: the decode tasks' clips,
+        and the shipped files decoded here."""
+        import torch
+
+        cpu_rows, cpu_clips = read_clips(batch[CLIP], self.clip_shape)
+        keep = np.isin(cpu_rows, todo)
+        cpu_rows, x = cpu_rows[keep], self._to_device(cpu_clips[keep])  # a copy: writable
+        shipped = np.intersect1d(
+            np.flatnonzero(batch[ENCODED].is_valid().to_numpy(zero_copy_only=False)), todo)
+        for i in np.setdiff1d(todo, np.concatenate([cpu_rows, shipped])):  # never expected
+            verdicts.fail(int(i), ErrorKind.INTERNAL, "neither a clip nor a file reached the "
+                                                      "model stage")
+        if not len(shipped):
+            return cpu_rows, x
+        gpu_rows, gpu_clips = self._decode_shipped(batch, shipped, verdicts)
+        rows = np.concatenate([cpu_rows, gpu_rows])
+        return rows, torch.cat([x, gpu_clips.to(self.device)])
+
     # -------------------------------------------------------------- output rows
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        kinds: list[str | None] = batch["error_kind"].to_pylist()
-        messages: list[str | None] = batch["error_message"].to_pylist()
+        verdicts = _Verdicts(batch)
         top_ids = np.zeros((n, self.k), dtype=np.int32)
         top_scores = np.zeros((n, self.k), dtype=np.float32)
         emb = np.zeros((n, self.model.feature_dim), dtype=np.float32)
-        rows = np.flatnonzero(pc.is_null(batch["error_kind"]).to_numpy(zero_copy_only=False))
-        if len(rows):
-            clips = batch["clip"].combine_chunks().to_numpy()
+        todo = verdicts.todo()
+        if len(todo):
             try:
-                labels = self._label(np.ascontiguousarray(clips[rows]))
-            except Exception as e:  # e.g. a clip of the wrong shape: the rows still get out
+                rows, clips = self._clips(batch, todo, verdicts)
+                labels = self._label(clips)
+            except Exception as e:  # e.g. a clip of the wrong size: the rows still get out
+                rows = verdicts.todo()
                 message = f"model stage failed: {one_line(e, with_type=True)}"
                 labels = _Labels(np.zeros(len(rows), dtype=bool), [message] * len(rows),
-                                 top_ids[: len(rows)], top_scores[: len(rows)], emb[: len(rows)])
+                                 top_ids[: len(rows)], top_scores[: len(rows)],
+                                 emb[: len(rows)])
             top_ids[rows], top_scores[rows], emb[rows] = (
                 labels.top_ids, labels.top_scores, labels.embeddings)
             for j, i in enumerate(rows):
                 if not labels.ok[j]:
-                    kinds[i], messages[i] = ErrorKind.MODEL_ERROR, labels.messages[j]
+                    verdicts.fail(i, ErrorKind.MODEL_ERROR, labels.messages[j])
+        kinds = verdicts.kinds
         if self.spec.tally is not None:  # for the driver's progress display and stall guard
             failed = Counter(k for k in kinds if k is not None)
             self.spec.tally.add.remote(n - sum(failed.values()), dict(failed))
         kept = {name: batch[name] for name in self.spec.kept}
+        video = {c.name: batch[c.name] for c in VIDEO_COLUMNS}
+        video["decoder"] = pa.array(verdicts.decoders, pa.string())
         return build_rows(
             self.schema,
             self.spec.stamp,
             video_uri=batch["video_uri"].to_pylist(),
             source_version=batch["source_version"].to_pylist(),
             error_kind=kinds,
-            error_message=messages,
-            video={c.name: batch[c.name] for c in VIDEO_COLUMNS},
+            error_message=verdicts.messages,
+            video=video,
             predictions=Predictions(top_ids, top_scores, self.class_names,
                                     emb if self.spec.embeddings else None),
             kept=kept,
         )
+
+
+class _Verdicts:
+    """Each row's error kind and message, and what decoded it, as the actor learns them."""
+
+    def __init__(self, batch: pa.Table):
+        self.kinds: list[str | None] = batch["error_kind"].to_pylist()
+        self.messages: list[str | None] = batch["error_message"].to_pylist()
+        self.decoders: list[str | None] = batch["decoder"].to_pylist()
+
+    def todo(self) -> np.ndarray:
+        """Rows without an error (yet)."""
+        return np.asarray([i for i, k in enumerate(self.kinds) if k is None], dtype=np.int64)
+
+    def fail(self, row: int, kind: ErrorKind | str, message: str | None) -> None:
+        self.kinds[row], self.messages[row] = str(kind), message

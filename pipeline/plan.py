@@ -40,6 +40,9 @@ class LabelPlan:
     schema: pa.Schema
     listing: ListingStats
     network: Any  # the model itself, loaded once here (to check it, and to time it)
+    # the DALI backend the model actors decode with ("nvdec" on GPUs, "dali-cpu" on CPUs),
+    # None when the CPU decode tasks decode every video (`--decoder`, resolved)
+    gpu_backend: str | None
     _chunks: Iterator[pa.Table]
 
     def inputs(self) -> Iterator[pa.Table]:
@@ -49,6 +52,11 @@ class LabelPlan:
     def done(self) -> KeySet:
         """The videos the output already holds a final verdict for, with these settings."""
         return self.table.done(self.config.sampling, self.model_config.num_segments)
+
+    @property
+    def decoder(self) -> str:
+        """The run's decoder: "cpu", or "dali" (with the CPU decoder for what DALI cannot take)."""
+        return "cpu" if self.gpu_backend is None else "dali"
 
     def describe(self) -> dict[str, object]:
         """The plan as plain values, counting the whole listing (what `--dry-run` prints)."""
@@ -71,6 +79,7 @@ class LabelPlan:
             "arch": mc.arch,
             "num_segments": mc.num_segments,
             "sampling": self.config.sampling,
+            "decoder": self.decoder,
             "input_size": mc.input_size,
             "embedding_dim": self.schema.field("embedding").type.list_size,
         }
@@ -110,11 +119,34 @@ def _check_gpus(config: LabelConfig) -> None:
                              f"has {have} GPUs")
 
 
+def _gpu_backend(config: LabelConfig) -> str | None:
+    """`--decoder` resolved: the DALI backend of the model actors, or None for CPU decoding.
+
+    DALI must import here: the driver runs in the workers' image (a cluster's
+    GPU image has the `gpu` extra), and a run asked to use it should fail now
+    rather than in every actor.
+    """
+    from pipeline.decoders.dali import dali_import_error
+
+    if config.decoder == "cpu":
+        return None
+    gpu = config.gpus_per_actor > 0
+    problem = dali_import_error()
+    if config.decoder == "auto":
+        return "nvdec" if gpu and problem is None else None
+    if problem is not None:
+        raise LabelError(f"--decoder dali: {problem} (install the gpu extra: pip install "
+                         "'.[gpu]', Linux x86-64 only)")
+    # without GPUs, DALI's CPU backend (VP8, VP9 and MJPEG only): for checking the path
+    return "nvdec" if gpu else "dali-cpu"
+
+
 def plan_label(config: LabelConfig) -> LabelPlan:
     """Resolve the model, open the input, check the output; LabelError (one line) if any fails."""
     import tsm_model
 
     _check_gpus(config)
+    gpu_backend = _gpu_backend(config)
     ref, model = _resolve_model(config)
     model_config = model.config
     stats = ListingStats()
@@ -128,5 +160,5 @@ def plan_label(config: LabelConfig) -> LabelPlan:
     schema = output_schema(tsm_model.FEATURE_DIMS[model_config.arch], config.embedding_dtype,
                            config.keep_columns)
     head = [first] if first is not None else []
-    return LabelPlan(config, ref, model_config, table, schema, stats, model,
+    return LabelPlan(config, ref, model_config, table, schema, stats, model, gpu_backend,
                      itertools.chain(head, chunks))

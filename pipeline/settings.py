@@ -23,6 +23,10 @@ MAX_DECODE_TIMEOUT_S = 24 * 3600
 MAX_STALL_TIMEOUT_S = 7 * 24 * 3600
 MAX_WHOLE_READ_MB = 1024  # an object read whole sits in a decode task's memory
 MIN_FRAME_PIXELS, MAX_FRAME_PIXELS = 64 * 64, 16384 * 16384
+# cpu: every video decoded by the CPU decode tasks; dali: the model actors decode what NVIDIA
+# DALI can take (NVDEC on a GPU), the rest stays on the CPU; auto: dali where it imports and
+# the actors have GPUs, else cpu
+DECODERS = ("auto", "cpu", "dali")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class LabelConfig:
     model: str
     num_segments: int | None = None  # None: the model's own
     sampling: str = "uniform"  # which frame of each segment: its centre, or the cheapest
+    decoder: str = "auto"  # see DECODERS
     top_k: int = 5
     embeddings: bool = True
     embedding_dtype: str = "float32"
@@ -74,6 +79,8 @@ class LabelConfig:
         check(seg is None or seg >= 1, f"segments must be >= 1, got {seg}")
         check(self.sampling in SAMPLINGS,
               f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        check(self.decoder in DECODERS,
+              f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         check(self.top_k >= 1, f"top-k must be >= 1, got {self.top_k}")
         check(self.embedding_dtype in EMBEDDING_DTYPES,
               f"embedding dtype must be float32 or float16, got {self.embedding_dtype!r}")

@@ -92,9 +92,11 @@ def write_part(batch: pa.Table, spec: PartSpec) -> pa.Table:
 
 
 def _summary(part: str, table: pa.Table) -> pa.Table:
-    """One row: the part's name, its rows by verdict, and what decoding them cost."""
+    """One row: the part's name, its rows by verdict and by decoder, and what decoding them
+    cost."""
     ok = pc.equal(table["status"], Status.OK.value)
     errors = Counter(table.filter(pc.invert(ok))["error_kind"].to_pylist())
+    decoders = Counter(d for d in table["decoder"].to_pylist() if d is not None)
 
     def total(column: str) -> float:
         return pc.sum(table[column]).as_py() or 0
@@ -104,6 +106,7 @@ def _summary(part: str, table: pa.Table) -> pa.Table:
         "rows": [table.num_rows],
         "ok": [pc.sum(ok).as_py() or 0],
         "errors": [json.dumps(dict(errors), sort_keys=True)],
+        "decoders": [json.dumps(dict(decoders), sort_keys=True)],
         "frames_decoded": [total("frames_decoded")],
         "frames_used": [pc.sum(pc.list_value_length(table["frame_indices"])).as_py() or 0],
         "bytes_read": [total("bytes_read")],

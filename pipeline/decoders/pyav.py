@@ -324,6 +324,12 @@ class _Video:
             self._seek(key)
             self._target = target
             frame, idx = self._next()
+            if key is not None and (frame is None or not frame.key_frame):
+                # the index named a keyframe that is not one (an MP4 without its sync-sample
+                # box calls every frame a keyframe): what follows may be missing or wrong, so
+                # stop trusting the index and decode from the start, exactly
+                self.kind, self.keys, key = "none", [], None
+                continue
             if frame is None:
                 raise self._truncated()
             if idx <= target or key is None:
@@ -386,15 +392,31 @@ def _open(source: str | BinaryIO, max_pixels: int | None = None) -> _Video:
     return _Video(source, size, max_pixels)
 
 
-def probe(source: str | BinaryIO) -> Probe:
-    """Codec, size, frame count, keyframes: the container's header and index only."""
+def probe(source: str | BinaryIO, max_pixels: int | None = None) -> Probe:
+    """Codec, size, frame count, keyframes: the container's header and index only (kind
+    `too_large` for frames over `max_pixels`, as `decode` would say)."""
     global _LOG
     with FFmpegLog() as _LOG:
-        video = _open(source)
+        video = _open(source, max_pixels)
         try:
             return video.probe()
         finally:
             video.close()
+
+
+def count_packets(source: str | BinaryIO) -> int:
+    """Video packets holding data, by demuxing the whole file (nothing is decoded): fewer
+    than the container's frame count means the file was cut short."""
+    import av
+
+    global _LOG
+    with FFmpegLog() as _LOG:
+        try:
+            with av.open(source, "r") as container:
+                stream = container.streams.video[0]
+                return sum(1 for packet in container.demux(stream) if packet.size)
+        except av.FFmpegError as e:
+            raise _decode_error(e, "cannot read packets") from None
 
 
 class PyAVDecoder(Decoder):

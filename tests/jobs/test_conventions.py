@@ -118,6 +118,10 @@ def test_an_unexpected_failure_is_one_line_and_a_log(runner, store, monkeypatch,
     def boom(*args, **kwargs):
         raise RuntimeError("boom\nsecond line of the message")
 
+    # import every command's modules first: one imported during the test would bind `boom`
+    # by name (`from pipeline.plan import plan_label`) for the rest of the session
+    for loaded in ("pipeline.job", "training.evaluation", "training.train_job", "jobs.demo"):
+        importlib.import_module(loaded)
     module, name = target.rsplit(".", 1)
     monkeypatch.setattr(importlib.import_module(module), name, boom)
     monkeypatch.setattr(tempfile, "tempdir", str(store))  # the log goes here
@@ -147,8 +151,8 @@ def test_documented_defaults_show_in_the_help(runner, monkeypatch):
     row = {m.group(1): line for line in text.splitlines()
            if (m := re.search(r"(--[a-z0-9-]+)", line))}
     assert "[default: (the model's)]" in row["--num-segments"]
-    assert "[default: (1 with GPUs, else 0: the model shares the cores with decoding)]" in \
-        row["--cpus-per-actor"]
+    assert "[default: (measured at start-up; 1 with GPUs)]" in row["--cpus-per-actor"]
+    assert "[default: auto]" in row["--decoder"] and "[default: (none)]" in row["--keep-columns"]
     assert "[default: 5]" in row["--top-k"] and "[default: 120.0]" in row["--decode-timeout"]
     assert "[default: 10000]" in row["--part-rows"] and "[default: 32]" in row["--batch-size"]
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import BROKEN
 
 from pipeline.contract import VIDEO_COLUMNS, ErrorKind
-from pipeline.decode_stage import DecodeSpec, decode_batch, decode_bounded
+from pipeline.decode_stage import DecodeSpec, decode_batch, decode_bounded, read_clips
 from pipeline.fetch_decode import FetchDecode
 from pipeline.listing import INPUT_SCHEMA
 from pipeline.store import ObjectInfo, store_for
@@ -70,9 +70,9 @@ def test_batch_has_one_row_per_input_with_nulls_for_errors(video_corpus):
     assert decode_batch(batch, SPEC)["error_message"].to_pylist()[3] == "not there at listing"
     assert out["video_uri"].to_pylist() == [str(p) for p in paths]
     assert out["error_kind"].to_pylist() == [None, "corrupt", None]
-    clips = out["clip"].combine_chunks().to_numpy()
-    assert clips.shape == (3, 4, 3, 32, 32) and clips.dtype == np.uint8
-    assert not clips[1].any() and clips[0].any()
+    rows, clips = read_clips(out["clip"], (4, 3, 32, 32))
+    assert rows.tolist() == [0, 2] and clips.dtype == np.uint8 and clips.any()
+    assert out["clip"].null_count == 1 and out["encoded"].null_count == 3  # no DALI here
     assert out["frame_indices"].to_pylist()[1] is None
     assert out["num_frames"].to_pylist() == [40, None, 40]
     assert out.schema.field("num_frames").type == pa.int64()  # the contract's types
@@ -135,3 +135,49 @@ def test_a_decode_task_declares_the_memory_its_limits_allow():
     small, large = spec(max_pixels=1920 * 1080), spec(max_pixels=7680 * 4320)
     assert small.memory_bytes < large.memory_bytes
     assert large.memory_bytes - small.memory_bytes == 48 * (7680 * 4320 - 1920 * 1080)
+
+
+def test_with_a_gpu_decoder_what_dali_takes_is_shipped_encoded(video_corpus, monkeypatch):
+    """The decode task probes, samples and routes: a VP9 file goes on whole with its frame
+    indices (DALI's CPU backend decodes VP9), H.264 is decoded here, and so is a file whose
+    packets fall short of its frame count (DALI would return stale frames for the rest)."""
+    import dataclasses
+
+    from pipeline.decoders import pyav
+    from pipeline.fetch_decode import fetch_decode
+
+    job = dataclasses.replace(SPEC.job, gpu_backend="dali-cpu")
+    vp9 = obj(video_corpus["vp9"])
+    shipped = fetch_decode(vp9, job)
+    assert shipped.frames is None and shipped.encoded == video_corpus["vp9"].read_bytes()
+    cpu = fetch_decode(vp9, SPEC.job)
+    assert shipped.video["frame_indices"] == cpu.video["frame_indices"]
+    assert shipped.video["num_frames"] == cpu.video["num_frames"] == 40
+    assert (shipped.video["decoder"], cpu.video["decoder"]) == ("dali", "cpu")
+    assert shipped.video["frames_decoded"] == max(shipped.video["frame_indices"]) + 1
+    h264 = fetch_decode(obj(video_corpus["h264"]), job)
+    assert h264.encoded is None and h264.frames is not None and h264.video["decoder"] == "cpu"
+    monkeypatch.setattr(pyav, "count_packets", lambda source: 20)  # 40 frames promised
+    short = fetch_decode(vp9, job)
+    assert short.encoded is None and short.frames is not None
+    monkeypatch.undo()
+    # DALI decodes from the first frame: a sample that reaches too far is cheaper here
+    far = fetch_decode(vp9, dataclasses.replace(job, max_gpu_decode_frames=10))
+    assert far.encoded is None and far.frames is not None
+
+
+def test_a_file_the_job_may_not_read_is_a_read_error_a_rerun_retries(video_corpus, monkeypatch):
+    """Permission denied is the store's answer, not the video's fault: `read_error`, which is
+    retryable, never `corrupt` (a rerun after the permission is fixed labels the video). Root
+    reads any file, so the refusal is made by the store here."""
+    from pipeline.contract import ErrorKind
+    from pipeline.fetch_decode import fetch_decode
+    from pipeline.store.local import LocalStore
+
+    def refused(self, obj, whole_below):
+        raise PermissionError(13, "Permission denied", obj.uri)
+
+    monkeypatch.setattr(LocalStore, "open_video", refused)
+    decoded = fetch_decode(obj(video_corpus["h264"]), SPEC.job)
+    assert decoded.error_kind == ErrorKind.READ_ERROR and not ErrorKind.READ_ERROR.final
+    assert "Permission denied" in decoded.error_message

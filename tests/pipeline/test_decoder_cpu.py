@@ -205,6 +205,23 @@ def test_open_gop_and_variable_rate_are_exact(video_corpus):
                 assert _mad(frame, videos.reference_frame(path, k)) < SAME_FRAME, (name, mode, k)
 
 
+def test_an_index_that_calls_every_frame_a_keyframe_gives_no_wrong_frames(long_video,
+                                                                          tmp_path):
+    """An MP4 without its sync-sample box (stss) says every frame is a keyframe: seeking and
+    decoding a "keyframe" alone then start from frames that need others. The decoder notices
+    (the frame is not a keyframe, or a later one comes out first) and takes the exact path:
+    the frames are those `indices` name, in both samplings."""
+    data = long_video.read_bytes()
+    assert data.count(b"stss") == 1
+    liar = tmp_path / "no_stss.mp4"
+    liar.write_bytes(data.replace(b"stss", b"free"))  # the box is now skipped as padding
+    for mode in ("uniform", "keyframe"):
+        frames, indices, meta = decode_clip(str(liar), 4, mode)
+        assert meta.num_frames == 250
+        for frame, k in zip(frames, indices.tolist(), strict=True):
+            assert _mad(frame, videos.reference_frame(long_video, k)) < SAME_FRAME, (mode, k)
+
+
 def test_error_messages_never_carry_a_signed_urls_query():
     from pipeline.decoders.ffmpeg_messages import gist
 

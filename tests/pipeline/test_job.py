@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,6 +31,19 @@ pytestmark = pytest.mark.usefixtures("ray_cluster", "mlflow_store")
 def read_output(output: str) -> pa.Table:
     """Every committed row under a local or S3 output."""
     return output_rows(output)
+
+
+def _all_cpus_free(wait_s: float = 20.0) -> bool:
+    """Whether every CPU of the test's Ray is free again (no task or actor of a run holds
+    one), waiting up to `wait_s` for them."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"]:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def by_name(table: pa.Table) -> dict[str, dict]:
@@ -360,9 +374,43 @@ def test_a_listing_that_fails_midway_ends_the_job_and_a_rerun_resumes(corpus_dir
     plan._chunks = itertools.chain([first], page_fails())  # the second page never comes
     with pytest.raises(ListingError, match="rerun to resume"):
         run_plan(plan)
+    # the failed run's stream is shut down: its tasks and model actors no longer hold CPUs
+    # the rerun needs (on this 2-CPU Ray, the rerun waited for ever)
+    assert _all_cpus_free()
     kept = read_output(out)
     assert kept is None or kept.num_rows <= 5  # only whole parts of what was listed
     assert OutputTable(out, "tiny-tsm", plan.model.version).runs() == []
-    summary = run_label(config)  # the rerun lists everything and labels the rest
+    # the rerun lists everything and labels the rest (a stall would say it is stuck)
+    summary = run_label(dataclasses.replace(config, stall_timeout_s=180))
     uris = read_output(out)["video_uri"].to_pylist()
     assert len(uris) == len(set(uris)) == summary.listed
+
+
+def test_stopping_a_stream_frees_its_cpus_at_once():
+    """A run that ends early (an error, a stall) shuts its stream down: an actor stuck in a
+    batch would otherwise hold its CPU until the Dataset is garbage-collected, which the
+    thread blocked on the stream prevents (so the next run on the same Ray waited for ever)."""
+    import ray.data
+
+    from pipeline.job import stop_execution
+    from pipeline.stall import drain
+
+    class Stuck:
+        def __call__(self, batch):
+            time.sleep(3600)
+            return batch
+
+    ds = ray.data.range(4, override_num_blocks=4).map_batches(
+        Stuck, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+    ticks = []
+
+    def tick():
+        ticks.append(1)
+        if len(ticks) > 8:
+            raise TimeoutError("nothing came")
+
+    with pytest.raises(TimeoutError):
+        list(drain(ds.iter_batches(batch_size=None), tick))
+    assert not _all_cpus_free(wait_s=2)  # the stuck actor keeps its CPU
+    stop_execution(ds)
+    assert _all_cpus_free()

@@ -8,8 +8,7 @@ import pytest
 
 import tsm_model
 from pipeline.contract import ErrorKind, RunStamp
-from pipeline.decode_stage import ClipResult, DecodeSpec, results_table
-from pipeline.fetch_decode import FetchDecode
+from pipeline.decode_stage import ClipResult, read_clips, results_table
 from pipeline.model_stage import ClipClassifier, ModelSpec
 from pipeline.store import ObjectInfo
 
@@ -26,8 +25,7 @@ def _batch(n_ok: int, n_err: int, t: int = 4) -> pa.Table:
         for i in range(n_ok)
     ] + [ClipResult(ObjectInfo(f"bad{i}.mp4", 10, "x"), error_kind=ErrorKind.CORRUPT,
                     error_message="nope") for i in range(n_err)]
-    return results_table(results, DecodeSpec(FetchDecode(t, "uniform", 1 << 20, 1 << 20), 40,
-                                             32, 60))
+    return results_table(results)
 
 
 def _spec(tiny_model, **changes) -> ModelSpec:
@@ -57,7 +55,7 @@ def test_labels_ok_rows_with_the_models_own_outputs_and_passes_errors_through(ti
     assert ok["error_kind"] is None and ok["error_message"] is None
     # the scores are the model's own softmax, in order, with the right names
     model = tsm_model.load(tiny_model, num_segments=4)
-    clips = batch["clip"].combine_chunks().to_numpy()[:3].copy()
+    clips = read_clips(batch["clip"], (4, 3, 32, 32))[1][:3].copy()
     x = normalize(torch.from_numpy(clips), model.config.mean, model.config.std)
     with torch.inference_mode():
         probs = torch.softmax(model(x), dim=1).numpy()
@@ -77,23 +75,97 @@ def test_embeddings_off_and_float16(tiny_model):
     assert t16.schema.field("embedding").type == pa.list_(pa.float16(), 1280)
 
 
-def test_a_model_failure_becomes_error_rows_without_losing_any(tiny_model):
-    # clips of 3 frames for a model loaded for 4 make the forward pass fail for every clip
-    table = ClipClassifier(_spec(tiny_model))(_batch(2, 1, t=3))
-    rows_ = table.to_pylist()
-    assert [r["video_uri"] for r in rows_] == ["v0.mp4", "v1.mp4", "bad0.mp4"]
-    assert [r["error_kind"] for r in rows_] == ["model_error", "model_error", "corrupt"]
-    assert "model failed" in rows_[0]["error_message"]
+def test_a_model_failure_becomes_error_rows_without_losing_any(tiny_model, monkeypatch):
+    clf = ClipClassifier(_spec(tiny_model))
+    real = clf.model.logits_and_features
+
+    def fails_on_bright_clips(x):
+        if float(x.amax()) > 1.5:  # a clip of 255s (normalised: ~2.2) is in: the forward fails
+            raise RuntimeError("kernel failed")
+        return real(x)
+
+    batch = _batch(3, 1)
+    clips = read_clips(batch["clip"], (4, 3, 32, 32))[1].copy()
+    clips[0], clips[1:] = 255, 0
+    batch = batch.set_column(batch.schema.get_field_index("clip"), "clip", pa.array(
+        [c.tobytes() for c in clips] + [None], pa.large_binary()))
+    monkeypatch.setattr(clf.model, "logits_and_features", fails_on_bright_clips)
+    rows_ = clf(batch).to_pylist()
+    assert [r["video_uri"] for r in rows_] == ["v0.mp4", "v1.mp4", "v2.mp4", "bad0.mp4"]
+    assert [r["error_kind"] for r in rows_] == ["model_error", None, None, "corrupt"]
+    assert "model failed: RuntimeError: kernel failed" in rows_[0]["error_message"]
     assert rows_[0]["num_frames"] == 9  # what was decoded is still recorded
 
 
+def test_clips_of_the_wrong_size_become_error_rows(tiny_model):
+    # clips of 3 frames for a model loaded for 4: every row gets out, as an error
+    rows_ = ClipClassifier(_spec(tiny_model))(_batch(2, 1, t=3)).to_pylist()
+    assert [r["error_kind"] for r in rows_] == ["model_error", "model_error", "corrupt"]
+    assert "model stage failed" in rows_[0]["error_message"]
+
+
 def test_the_spec_is_made_from_the_job_settings(tiny_model):
+    from pipeline.decode_stage import DecodeSpec
     from pipeline.settings import LabelConfig
 
-    cfg = LabelConfig(input="in", output="out", model="m", top_k=2, bf16=True)
-    spec = ModelSpec.from_settings(tsm_model.load_config(tiny_model), b"w",
-                                   RunStamp("a", "1", "r", "uniform", 4), cfg)
-    assert (spec.top_k, spec.bf16, spec.use_gpu, spec.torch_threads) == (2, True, False, 1)
-    gpu = ModelSpec.from_settings(spec.model_config, b"w", spec.stamp,
-                                  LabelConfig(input="i", output="o", model="m", gpus_per_actor=1))
+    cfg = LabelConfig(input="in", output="out", model="m", top_k=2, bf16=True, torch_threads=3)
+    mc = tsm_model.load_config(tiny_model)
+    stamp = RunStamp("a", "1", "r", "uniform", 4)
+    spec = ModelSpec.from_settings(mc, b"w", stamp, cfg, cfg.shares())
+    assert (spec.top_k, spec.bf16, spec.use_gpu, spec.torch_threads) == (2, True, False, 3)
+    assert spec.dali is None and spec.decode is None
+    gpu_cfg = LabelConfig(input="i", output="o", model="m", gpus_per_actor=1, batch_size=64)
+    gpu = ModelSpec.from_settings(mc, b"w", stamp, gpu_cfg, gpu_cfg.shares(),
+                                  decode=DecodeSpec.from_settings(mc, gpu_cfg, "nvdec"))
     assert gpu.use_gpu and gpu.torch_threads is None
+    # the actors decode with DALI's GPU backend, in batches of the model's, cropped as the
+    # model expects
+    assert (gpu.dali.device, gpu.dali.batch_size) == ("mixed", 64)
+    assert (gpu.dali.resize_size, gpu.dali.input_size) == (mc.resize_size, mc.input_size)
+    assert gpu.decode.job.gpu_backend == "nvdec"
+    on_cpu = ModelSpec.from_settings(mc, b"w", stamp, cfg, cfg.shares(),
+                                     decode=DecodeSpec.from_settings(mc, cfg, "dali-cpu"))
+    assert on_cpu.dali.device == "cpu"
+    assert ModelSpec.from_settings(mc, b"w", stamp, cfg, cfg.shares(),
+                                   decode=DecodeSpec.from_settings(mc, cfg)).dali is None
+
+
+def test_an_actor_without_a_working_dali_decodes_shipped_videos_on_the_cpu(
+        tiny_model, video_corpus, monkeypatch):
+    """DALI that does not start in an actor (a broken install, no GPU visible) loses nothing:
+    the shipped files are decoded by the CPU decoder at the indices the decode task chose,
+    giving the CPU path's clips; a file neither reads gets the CPU decoder's error row."""
+    from pipeline.decode_stage import DecodeSpec, decode_bounded
+    from pipeline.decoders import dali as dali_mod
+    from pipeline.fetch_decode import fetch_decode
+    from pipeline.settings import LabelConfig
+    from pipeline.store import store_for
+
+    def no_dali(self, spec):
+        raise ImportError("NVIDIA DALI is not usable: libnvimgcodec.so.0 not found")
+
+    monkeypatch.setattr(dali_mod.DaliBatchDecoder, "__init__", no_dali)
+    mc = tsm_model.load_config(tiny_model)
+    cfg = LabelConfig(input="i", output="o", model="m", torch_threads=1)
+    decode = DecodeSpec.from_settings(mc, cfg, "dali-cpu")
+    spec = ModelSpec.from_settings(mc, (tiny_model / "model.safetensors").read_bytes(),
+                                   RunStamp("tiny", "7", "r1", "uniform", 4), cfg,
+                                   cfg.shares(), decode=decode)
+    clf = ClipClassifier(spec)
+    assert clf.dali is None and clf.fallback is not None
+    vp9 = store_for(str(video_corpus["vp9"])).stat(str(video_corpus["vp9"]))
+    shipped = fetch_decode(vp9, decode.job)
+    assert shipped.encoded is not None
+    junk = {**shipped.video, "decoder": "dali"}
+    batch = results_table([
+        ClipResult(vp9, encoded=shipped.encoded, video=shipped.video),
+        decode_bounded(vp9, DecodeSpec.from_settings(mc, cfg)),  # the CPU path's clip
+        ClipResult(ObjectInfo("junk.webm", 5, "j"), encoded=b"junk!", video=junk),
+    ])
+    rows_ = clf(batch).to_pylist()
+    assert [r["decoder"] for r in rows_] == ["cpu_fallback", "cpu", "cpu_fallback"]
+    assert [r["error_kind"] for r in rows_] == [None, None, "corrupt"]
+    assert rows_[0]["top_k_ids"] == rows_[1]["top_k_ids"]
+    np.testing.assert_allclose(rows_[0]["embedding"], rows_[1]["embedding"], rtol=1e-5,
+                               atol=1e-6)
+    clf.fallback.close()

@@ -216,6 +216,18 @@ def test_logits_and_features_is_one_pass_of_forward_and_features(
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2"])
+def test_channels_last_gives_the_same_outputs(arch: str, clip: torch.Tensor) -> None:
+    """GPU actors run the model in channels_last (NHWC) memory; the shift must not depend on
+    the layout: same logits and embeddings as in the default layout."""
+    model = _small(arch=arch)
+    with torch.no_grad():
+        logits, feats = model.logits_and_features(clip)
+        nhwc = model.to(memory_format=torch.channels_last)
+        logits2, feats2 = nhwc.logits_and_features(clip)
+    assert _rel_diff(logits, logits2) < 1e-5 and _rel_diff(feats, feats2) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv2"])
 def test_tsn_ignores_frame_order_tsm_does_not(arch: str, clip: torch.Tensor) -> None:
     perm = torch.tensor([2, 0, 3, 1])
     tsn, tsm = _small(arch=arch, shift=False), _small(arch=arch)
