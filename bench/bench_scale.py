@@ -497,16 +497,17 @@ def step_long(p: dict, env: dict, args) -> dict:
         m["driver_cpu_s_per_1000"] = 1000 * m["driver_cpu_s"] / n
         m["tree_cpu_s_per_1000"] = 1000 * m["tree_cpu_s"] / n
         m["driver_share_of_job_cpu"] = m["driver_cpu_s"] / m["tree_cpu_s"]
-        # after start-up: from the first decoding process to the mark where the last video
-        # was done (the driver's imports, MLflow and Ray's start are before it; Ray's
-        # shutdown after it, when the live tree's CPU no longer counts what has exited)
+        # after start-up: from the first decoding process to the mark where the live tree
+        # had used the most CPU, i.e. just before Ray's processes began to exit (the
+        # driver's imports, MLflow and Ray's start are before it; once processes exit, the
+        # live tree no longer counts their time). The videos are all of them: the ones
+        # labelled after that mark are only waiting for their part to be written.
         t_dec = m["first_decode_process_s"]
         marks = [x for x in m["timeline"] if t_dec is not None and x[0] >= t_dec]
-        end = next((i for i, x in enumerate(marks) if x[1] >= n), len(marks) - 1)
-        marks = marks[: end + 1]
         if len(marks) >= 2:
-            (_, d0, c0, tc0), (_, d1, c1, tc1) = marks[0], marks[-1]
-            m["after_startup"] = {"from_s": marks[0][0], "to_s": marks[-1][0],
+            (t0_, d0, c0, tc0), (t1_, d1, c1, tc1) = marks[0], max(marks, key=lambda x: x[3])
+            d1 = n
+            m["after_startup"] = {"from_s": t0_, "to_s": t1_,
                                   "videos": d1 - d0, "driver_cpu_s": c1 - c0,
                                   "tree_cpu_s": tc1 - tc0,
                                   "driver_share": (c1 - c0) / max(tc1 - tc0, 1e-9)}
