@@ -234,7 +234,8 @@ def measure(r: int, args, todo, pre, inf, config, work: Path, videos: Path, mode
                        "error_message": [None] * n}, schema=INPUT_SCHEMA)
     blocks = [inputs.slice(i, config.videos_per_decode_task)
               for i in range(0, n, config.videos_per_decode_task)]
-    for batch in decode_tasks(ray.data.from_arrow(blocks), pre).iter_batches(
+    for batch in decode_tasks(ray.data.from_arrow(blocks), pre,
+                              config.videos_per_decode_task).iter_batches(
         batch_size=None, batch_format="pyarrow", prefetch_batches=2
     ):
         decoded.append(batch)

@@ -38,6 +38,13 @@ from pipeline.store import ObjectInfo
 
 MiB = 1024 * 1024
 READERS = 2  # read tasks pulling listing chunks (they only cut chunks into blocks)
+# Ray Data joins what a read task yields into blocks of up to DataContext.
+# target_max_block_size (128 MiB by default: the whole listing, handed on at its end, as one
+# decode task). The job's dataset uses this instead: a listing row is ~100-200 bytes, so a
+# block is ~100 inputs, one decode task. Smaller blocks cost the driver more per video (one
+# input per block: 4x the driver CPU, docs/scale.md); the same target makes the later
+# stages' blocks about one clip or row each.
+FEED_BLOCK_BYTES = 16 * 1024
 COST = ("frames_decoded", "frames_used", "bytes_read", "read_retries", "decode_cpu_s")
 WRITERS = 4  # part-writing tasks at once
 
@@ -106,13 +113,20 @@ class LabelSummary:
 
 # ---------------------------------------------------------------------- Ray
 def _init_ray() -> bool:
-    """Join RAY_ADDRESS's cluster, or start a quiet local one; True if started here."""
+    """Join RAY_ADDRESS's cluster, or start a quiet local one; True if started here.
+
+    "local" unless RAY_ADDRESS says otherwise: a bare `ray.init()` would join whatever
+    cluster `ray start` runs on this machine (another user's, on a shared box).
+    RAY_ADDRESS=auto joins that one on purpose."""
+    import os
+
     import ray
 
     if ray.is_initialized():
         return False
     # worker output (FFmpeg noise, actor tracebacks) stays in Ray's log files, not the console
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+             log_to_driver=False, logging_level=logging.ERROR)
     return True
 
 
@@ -149,12 +163,14 @@ def stop_execution(ds) -> None:
             thread.shutdown(force=True)
 
 
-def decode_tasks(ds, spec: DecodeSpec):
-    """The CPU stage: one row per input, a uint8 clip or an error each."""
+def decode_tasks(ds, spec: DecodeSpec, videos_per_task: int):
+    """The CPU stage: one row per input, a uint8 clip or an error each. A task decodes one
+    block of the feed (~100 inputs) `videos_per_task` at a time, handing their clips on as
+    it goes, so it never holds more than that many."""
     return ds.map_batches(
         decode_batch,
         fn_kwargs={"spec": spec},
-        batch_size=None,
+        batch_size=videos_per_task,
         batch_format="pyarrow",
         num_cpus=1,
         # what the decoding child may use at most (its cap) plus the frames in the task;
@@ -276,8 +292,15 @@ class _Run:
         source = ray.data.read_datasource(
             FeedDatasource(self.feed, config.videos_per_decode_task),
             override_num_blocks=READERS)
+        # the stages after the read inherit its context
+        source.context.target_max_block_size = FEED_BLOCK_BYTES
+        # a model actor lost with its node while it loads the model (pre-empted GPU nodes) is
+        # replaced rather than ending the run (Ray Data's default: the first such death ends
+        # it); a model that cannot load at all still ends it after these tries
+        source.context.max_consecutive_actor_init_deaths = 3 * shares.actors
         self.ds = ds = part_writers(
-            model_actors(decode_tasks(source, decode_spec), model_spec, config, shares),
+            model_actors(decode_tasks(source, decode_spec, config.videos_per_decode_task),
+                         model_spec, config, shares),
             part_spec, rows_per_part)
         progress.phase = "loading the model"
         watch = StallWatch(config.stall_timeout_s, "video finished")

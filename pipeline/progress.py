@@ -66,8 +66,19 @@ class Tally:
         return self.ready, self.ok, dict(self.errors)
 
 
+def on_this_node():
+    """The scheduling strategy of the driver's helper actors (the feed's queue, the tally):
+    on the driver's node, so they live and die with the driver and never with a worker node
+    the cluster loses. (A default actor goes to any node with a free CPU: with a 0-CPU head,
+    always a worker.)"""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
 def new_tally():
-    """A Tally actor for one run (no CPU reserved: it only counts)."""
+    """A Tally actor for one run, on the driver's node (no CPU reserved: it only counts)."""
     import ray
 
-    return ray.remote(num_cpus=0)(Tally).remote()
+    return ray.remote(num_cpus=0)(Tally).options(scheduling_strategy=on_this_node()).remote()

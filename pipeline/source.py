@@ -63,9 +63,12 @@ class Feed:
     def __init__(self, chunks: Iterator[pa.Table], stats: FeedStats, readers: int):
         from ray.util.queue import Queue
 
+        from pipeline.progress import on_this_node
+
         self.chunks = chunks
         self.readers = readers
-        self.queue = Queue(maxsize=QUEUE_CHUNKS)
+        self.queue = Queue(maxsize=QUEUE_CHUNKS, actor_options={
+            "num_cpus": 0, "scheduling_strategy": on_this_node()})
         self.stats = stats
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="listing-feed", daemon=True)
@@ -95,9 +98,13 @@ class Feed:
             self.stats.error = e
         finally:
             self.stats.finished = True
-            for _ in range(self.readers):  # one end mark per read task
-                if not self._put(None):
-                    break
+            try:
+                for _ in range(self.readers):  # one end mark per read task
+                    if not self._put(None):
+                        break
+            except Exception as e:  # the queue is gone: nothing to mark; say why if first
+                if self.stats.error is None:
+                    self.stats.error = e
 
     def check(self) -> None:
         """Raise the listing's error, if it failed."""
@@ -105,22 +112,26 @@ class Feed:
             raise self.stats.error
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        import ray.exceptions
         from ray.util.queue import Empty
 
-        # read tasks that are still waiting get their end marks, so nothing hangs
-        while True:
-            try:
-                self.queue.get_nowait()
-            except Empty:
-                break
-        for _ in range(self.readers):
-            try:
-                self.queue.put_nowait(None)
-            except Exception:
-                break
-        self.queue.shutdown()
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            # read tasks that are still waiting get their end marks, so nothing hangs
+            while True:
+                try:
+                    self.queue.get_nowait()
+                except Empty:
+                    break
+            for _ in range(self.readers):
+                try:
+                    self.queue.put_nowait(None)
+                except Exception:
+                    break
+            self.queue.shutdown()
+        except ray.exceptions.RayActorError:
+            pass  # the queue's actor is gone (its node was lost): nothing left to stop
 
 
 class FeedDatasource(Datasource):
@@ -139,8 +150,9 @@ class FeedDatasource(Datasource):
 
         def read() -> Iterator[pa.Table]:
             while (chunk := queue.get()) is not None:
-                # one block per decode task: Ray Data runs a block's rows in one task, so
-                # small blocks are what spreads decoding over all CPUs
+                # Ray Data joins these slices into blocks of about the job's
+                # target_max_block_size (see job.FEED_BLOCK_BYTES: ~100 inputs), one
+                # decode task each, which decodes them `rows` at a time
                 for start in range(0, chunk.num_rows, rows):
                     yield chunk.slice(start, rows)
 
