@@ -6,9 +6,10 @@
     # the clips of the issue's first measurements (720p and 640x272), more rounds
     .venv/bin/python bench/decode_cost.py --sizes 1280x720,640x272 --repeats 5
 
-    # only one part
+    # only some parts (decoders, job, profile)
     .venv/bin/python bench/decode_cost.py --parts decoders
     .venv/bin/python bench/decode_cost.py --parts job --job-repeats 3
+    .venv/bin/python bench/decode_cost.py --parts profile
 
 Needs the `bench` extra for decord (`pip install -e ".[bench]"`); without it
 the decord rows are left out. The issue's target (issue 10): decode CPU per
@@ -40,6 +41,12 @@ default settings) over the same clips, once per sampling per round (order
 alternating), and the rows' `decode_cpu_s` (CPU time of the decoding child:
 opening the file, reading and decoding; not the resize) and
 `frames_decoded`, as the job records them.
+
+Part 3, `profile`: where PyAV's CPU time goes, uniform and keyframe, per clip
+size: cProfile with CPU time as its clock over every clip, split into
+FFmpeg's decoding (`CodecContext.decode`), conversion to RGB
+(`VideoFrame.to_ndarray`), stacking the frames into the clip (`numpy.stack`),
+opening the container (`av.open`: header and index) and the rest (Python).
 """
 
 from __future__ import annotations
@@ -164,6 +171,57 @@ def decoder_part(uris: list[str], repeats: int, have_decord: bool) -> dict:
                 identical.append(a.shape == b.shape and bool(np.array_equal(a, b)))
         print(f"  decoders: round {r + 1} of {repeats} done", file=sys.stderr, flush=True)
     return {"per_clip": per_clip, "pyav_uniform_equals_decord": identical}
+
+
+# ----------------------------------------------------------------- the profile
+PROFILE_BUCKETS = {  # cProfile function name -> what it is
+    "<method 'decode' of 'av.codec.context.CodecContext' objects>": "FFmpeg decoding",
+    "<method 'to_ndarray' of 'av.video.frame.VideoFrame' objects>": "to RGB (to_ndarray)",
+    "stack": "numpy.stack (the clip)",
+    "<av.container.core.open>": "av.open (header, index)",
+}
+
+
+def profile_part(uris: list[str]) -> dict:
+    """{size: {sampling: {bucket: CPU s per clip}}}, from cProfile with a CPU-time clock."""
+    import cProfile
+    import pstats
+
+    from pipeline.decoders import decoder_for
+    from pipeline.sampling import sampler
+
+    out: dict[str, dict] = {}
+    decoder = decoder_for("cpu")
+    sizes = sorted({size_of(u) for u in uris}, key=lambda s: -int(s.split("x")[1]))
+    for size in sizes:
+        clips = [u for u in uris if size_of(u) == size]
+        for sampling in ("uniform", "keyframe"):
+            for uri in clips[:2]:  # untimed warm-up
+                decoder.decode(uri, sampler(sampling, SEGMENTS))
+            prof = cProfile.Profile(time.process_time)
+            prof.enable()
+            for uri in clips:
+                decoder.decode(uri, sampler(sampling, SEGMENTS))
+            prof.disable()
+            stats = pstats.Stats(prof)
+            buckets = dict.fromkeys([*PROFILE_BUCKETS.values(), "the rest"], 0.0)
+            for (_, _, name), (_, _, own, _, _) in stats.stats.items():
+                buckets[PROFILE_BUCKETS.get(name, "the rest")] += own / len(clips)
+            buckets["total"] = stats.total_tt / len(clips)
+            out.setdefault(size, {})[sampling] = buckets
+    return out
+
+
+def profile_table(prof: dict, title: str) -> str:
+    names = [*PROFILE_BUCKETS.values(), "the rest", "total"]
+    lines = [title, "", "| clips | sampling | " + " | ".join(names) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in names) + " |"]
+    for size, by in prof.items():
+        for sampling, b in by.items():
+            lines.append(f"| {size} | {sampling} | " + " | ".join(
+                f"{b[n]:.4f} ({100 * b[n] / b['total']:.0f} %)" if n != "total"
+                else f"{b[n]:.4f}" for n in names) + " |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------- the job
@@ -301,6 +359,11 @@ def main() -> None:
                 report.append(f"- {size}: PyAV uniform / PyAV keyframe "
                               f"{ms['PyAV uniform']['cpu_s'] / ms['PyAV keyframe']['cpu_s']:.2f}x")
         report.append("")
+    if "profile" in parts:
+        prof = profile_part(uris)
+        results["profile"] = prof
+        report += [profile_table(prof, f"Where PyAV's CPU time goes (cProfile, CPU clock), "
+                                       f"{clip_desc}; CPU s per clip (share)"), ""]
     if "job" in parts:
         work = Path(tempfile.mkdtemp(prefix="decode-cost-"))
         job = job_part(manifest, args.job_repeats, args.model, work)
