@@ -9,6 +9,10 @@
     # another model (a folder or models:/NAME@ALIAS), the results file where you want it
     .venv/bin/python bench/sampling_accuracy.py --model path/to/model --json /tmp/acc.json
 
+    # then fine-tune the model 4 epochs on the corpus's training split (segment-random
+    # sampling, as `tsm train` always does) and measure the fine-tuned model the same way
+    .venv/bin/python bench/sampling_accuracy.py --finetune 4
+
 The test set: by default the test split of the bundled model's own corpus
 (`tsm data synth synth2000 --videos 2000 --seed 2019`, see
 tsm_model/bundled/README.md): 300 videos (30 per class) it never saw in
@@ -33,6 +37,13 @@ videos right under one sampling only (the paired difference: the same videos,
 so these counts, not the two top-1 figures' own noise, say whether a
 difference is real), frames decoded per video and how far the sampled frames
 are from the segment centres.
+
+With `--finetune EPOCHS` the whole corpus is made too (`tsm data synth
+--videos V --seed S`: its train and val splits), the model is fine-tuned on
+it with `training.train_job.train` (what `tsm train --init MODEL` runs:
+a random frame inside each segment per clip, `--lr`, `--seed`, the best
+validation epoch kept, nothing registered) and the fine-tuned model is
+evaluated on the same test videos in the same way.
 
 Everything is written under `--work` (default: a folder in /tmp, kept; a
 second run reuses the videos): `videos/<encoding>/NNNNN.mp4`, one manifest per
@@ -192,6 +203,32 @@ def evaluate_all(model: str, manifests: dict, work: Path) -> list[dict]:
     return results
 
 
+def finetune(model: str, work: Path, args) -> Path:
+    """Fine-tune `model` on the corpus's train split (val split picks the epoch); returns the
+    best model's folder."""
+    from registry.versions import resolve_model
+    from training.synthetic import SynthConfig, generate
+    from training.train_job import TrainConfig, train
+
+    corpus = work / "corpus"
+    t0 = time.monotonic()
+    manifests = generate(corpus, SynthConfig(videos=args.videos, seed=args.seed,
+                                             workers=args.workers))
+    print(f"corpus for fine-tuning: {corpus} ({time.monotonic() - t0:.0f} s)", flush=True)
+    out = work / f"finetune-e{args.finetune}-lr{args.lr:g}-s{args.train_seed}"
+    t0 = time.monotonic()
+    result = train(TrainConfig(train_manifest=manifests["train"],
+                               val_manifest=manifests["val"], epochs=args.finetune,
+                               lr=args.lr, seed=args.train_seed, out_dir=out,
+                               init=resolve_model(model).path, register=False,
+                               name="tsm-sampling-accuracy-finetune"))
+    print(f"fine-tuned in {time.monotonic() - t0:.0f} s: best validation top-1 "
+          f"{result.best_val_top1:.4f}; {result.best_dir}", flush=True)
+    for epoch in result.history:
+        print("  " + ", ".join(f"{k} {v:.4g}" for k, v in epoch.items()), flush=True)
+    return Path(result.best_dir)
+
+
 def report(results: list[dict], keyframes: dict[str, float], args, model_desc: str) -> str:
     lines = [
         "| encoding | keyframes / video | sampling | top-1 | top-5 | keyframe - uniform "
@@ -232,8 +269,15 @@ def main() -> None:
                    help="videos, manifests, outputs and mlflow.db (default %(default)s)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="render/encode processes")
+    p.add_argument("--finetune", type=int, default=0, metavar="EPOCHS",
+                   help="then fine-tune the model this many epochs on the corpus's train split "
+                        "and evaluate that too (default: no fine-tuning)")
+    p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak learning rate")
+    p.add_argument("--train-seed", type=int, default=1, help="fine-tuning seed")
     p.add_argument("--json", type=Path, default=None, help="write the results here too")
     args = p.parse_args()
+    if args.finetune and args.split != "test":
+        p.error("--finetune trains on the train split: measure on --split test")
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -264,13 +308,19 @@ def main() -> None:
     # one local Ray for every evaluation (the label job uses it and leaves it running)
     ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
-        results = evaluate_all(args.model, manifests, work)
+        models = {args.model: evaluate_all(args.model, manifests, work)}
+        if args.finetune:
+            tuned = str(finetune(args.model, work, args))
+            models[tuned] = evaluate_all(tuned, manifests, work)
     finally:
         ray.shutdown()
-    cfg = tsm_model.load_config(resolve_model(args.model).path)
-    model_desc = (f"model {args.model} ({cfg.arch}, {cfg.num_segments} segments, "
-                  f"{cfg.input_size} px)")
-    md = report(results, keyframes, args, model_desc)
+    tables = []
+    for model, results in models.items():
+        cfg = tsm_model.load_config(resolve_model(model).path)
+        tables.append(report(results, keyframes, args, f"model {model} ({cfg.arch}, "
+                                                       f"{cfg.num_segments} segments, "
+                                                       f"{cfg.input_size} px)"))
+    md = "\n\n".join(tables)
     load = os.getloadavg()
     print()
     print(md)
@@ -281,7 +331,7 @@ def main() -> None:
             "command": command, "started": started, "model": args.model,
             "corpus": {"seed": args.seed, "videos": args.videos, "split": args.split,
                        "work": str(work)},
-            "keyframes_per_video": keyframes, "results": results, "markdown": md,
+            "keyframes_per_video": keyframes, "results": models, "markdown": md,
         }, indent=2))
 
 
