@@ -10,6 +10,7 @@
     .venv/bin/python bench/decode_cost.py --parts decoders
     .venv/bin/python bench/decode_cost.py --parts job --job-repeats 3
     .venv/bin/python bench/decode_cost.py --parts profile
+    .venv/bin/python bench/decode_cost.py --parts reads
 
 Needs the `bench` extra for decord (`pip install -e ".[bench]"`); without it
 the decord rows are left out. The issue's target (issue 10): decode CPU per
@@ -47,6 +48,11 @@ size: cProfile with CPU time as its clock over every clip, split into
 FFmpeg's decoding (`CodecContext.decode`), conversion to RGB
 (`VideoFrame.to_ndarray`), stacking the frames into the clip (`numpy.stack`),
 opening the container (`av.open`: header and index) and the rest (Python).
+
+Part 4, `reads`: bytes each decoder reads of a clip, through a file object
+that counts them (decord: `VideoReader` on the file object, then
+`get_batch` at the centres; PyAV: uniform and keyframe), as a share of the
+clip's size.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ import torch  # noqa: F401  isort: skip
 
 import argparse
 import bisect
+import io
 import json
 import logging
 import os
@@ -224,6 +231,51 @@ def profile_table(prof: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------- the reads
+class CountingFile(io.FileIO):
+    """A local file that counts the bytes read from it."""
+
+    def __init__(self, path: str):
+        super().__init__(path, "r")
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.bytes_read += len(data or b"")
+        return data
+
+    def readinto(self, buffer) -> int:
+        n = super().readinto(buffer)
+        self.bytes_read += n or 0
+        return n
+
+
+def reads_part(uris: list[str], have_decord: bool) -> dict:
+    """{size: {method: mean share of the file read}}"""
+    from pipeline.decoders import decoder_for
+    from pipeline.sampling import sampler, segment_indices
+
+    shares: dict[str, dict[str, list]] = {}
+    for uri in uris:
+        size = os.path.getsize(uri)
+        got = shares.setdefault(size_of(uri), {})
+        if have_decord:
+            import decord
+
+            with CountingFile(uri) as f:
+                vr = decord.VideoReader(f, ctx=decord.cpu(0), num_threads=1)
+                at_open = f.bytes_read
+                vr.get_batch(segment_indices(len(vr), SEGMENTS).tolist()).asnumpy()
+                del vr
+                got.setdefault("decord: VideoReader (open)", []).append(at_open / size)
+                got.setdefault("decord: open + get_batch", []).append(f.bytes_read / size)
+        for sampling in ("uniform", "keyframe"):
+            with CountingFile(uri) as f:
+                decoder_for("cpu").decode(f, sampler(sampling, SEGMENTS))
+                got.setdefault(f"PyAV {sampling}", []).append(f.bytes_read / size)
+    return {size: {m: statistics.mean(v) for m, v in by.items()} for size, by in shares.items()}
+
+
 # ----------------------------------------------------------------- the job
 def job_part(manifest: Path, repeats: int, model: str, work: Path) -> dict:
     import pyarrow.dataset as ds
@@ -364,6 +416,15 @@ def main() -> None:
         results["profile"] = prof
         report += [profile_table(prof, f"Where PyAV's CPU time goes (cProfile, CPU clock), "
                                        f"{clip_desc}; CPU s per clip (share)"), ""]
+    if "reads" in parts:
+        reads = reads_part(uris, have_decord)
+        results["reads"] = reads
+        report += [f"Bytes read of a clip, as a share of its size (mean over clips), "
+                   f"{clip_desc}", "", "| clips | method | share of the file read |",
+                   "| --- | --- | ---: |"]
+        report += [f"| {size} | {m} | {100 * share:.1f} % |"
+                   for size, by in reads.items() for m, share in by.items()]
+        report.append("")
     if "job" in parts:
         work = Path(tempfile.mkdtemp(prefix="decode-cost-"))
         job = job_part(manifest, args.job_repeats, args.model, work)
