@@ -7,6 +7,7 @@ import json
 import typer
 
 from jobs.console import EXIT_BAD_INPUT, ProgressBar, fail, log_file, out, to_log
+from pipeline.settings import LabelConfig as C
 
 
 def command(
@@ -15,6 +16,11 @@ def command(
     manifest: str = typer.Option(..., help="labelled manifest (uri, label columns)"),
     output: str | None = typer.Option(None, help="Parquet output of the label run",
                                       show_default="runs/evaluate/NAME-VERSION"),
+    sampling: str = typer.Option(
+        C.sampling, "--sampling",
+        help="Which frame of each segment the label job takes: uniform (its centre, exact) or "
+        "keyframe (the cheapest to decode), as `tsm label --sampling`.",
+    ),
     batch_size: int = typer.Option(16, help="clips per model forward"),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Show the progress on stderr."),
@@ -33,7 +39,7 @@ def command(
     bar = ProgressBar(enabled=progress)
     try:
         with to_log(log_path), bar:
-            r = evaluate(model, manifest, output, batch_size=batch_size,
+            r = evaluate(model, manifest, output, sampling=sampling, batch_size=batch_size,
                          on_start=bar.start, on_progress=bar.update)
     except (ValueError, FileNotFoundError, ModelNotFoundError, LabelError) as e:
         raise fail(str(e), EXIT_BAD_INPUT) from None
@@ -48,5 +54,6 @@ def command(
            if n_err else ""))
     for cls, acc in r.per_class.items():
         out(f"  {cls:<24} {acc:.3f}")
-    out(f"dataset {r.dataset_name} (digest {r.dataset_digest}); MLflow run {r.run_id} "
+    out(f"dataset {r.dataset_name} (digest {r.dataset_digest}); {r.sampling} sampling; "
+        f"MLflow run {r.run_id} "
         f"(experiment {EXPERIMENT}); labels in {r.output}; log {log_path}")

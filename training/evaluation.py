@@ -10,6 +10,12 @@ for a registered version, the metrics of that version's MLflow model, tied to
 the dataset (`registry.evaluations`), so `tsm models promote` compares
 versions on the same data only. A confusion-matrix picture and the report go
 with the run.
+
+The label job samples frames as `sampling` says (`uniform`, the default: each
+segment's centre; `keyframe`: each segment's cheapest frame, see
+`pipeline.sampling`); it is a param of the evaluation run, and only rows
+labelled with that sampling and the model's number of segments are scored, so
+an output that holds both samplings scores the one asked for.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipeline.settings import LabelConfig
 
 EXPERIMENT = "tsm-evaluate"
 ERROR_COLUMN = "(error)"  # confusion-matrix column for videos with no prediction
@@ -41,16 +49,20 @@ class EvalResult:
     error_uris: list[str] = field(default_factory=list)
     dataset_name: str = ""  # the manifest as an MLflow dataset (registry.evaluations)
     dataset_digest: str = ""
+    sampling: str = LabelConfig.sampling  # how the label job picked each segment's frame
 
 
-def read_predictions(output: str, model_name: str, model_version: str) -> dict[str, dict]:
-    """uri -> latest output row of this model version (status, top-k labels/scores, error)."""
+def read_predictions(output: str, model_name: str, model_version: str, *,
+                     sampling: str | None = None,
+                     num_segments: int | None = None) -> dict[str, dict]:
+    """uri -> latest output row of this model version (status, top-k labels/scores, error),
+    among the rows labelled with `sampling` and `num_segments` (any, when None)."""
     import pyarrow.parquet as pq
 
     from pipeline.table import OutputTable
 
     cols = ["video_uri", "status", "error_kind", "model_name", "model_version", "top_k_labels",
-            "top_k_scores", "processed_at"]
+            "top_k_scores", "processed_at", "sampling", "num_segments"]
     rows: dict[str, dict] = {}
     out = OutputTable(output, model_name, model_version)
     for part in out.parts():
@@ -58,6 +70,10 @@ def read_predictions(output: str, model_name: str, model_version: str) -> dict[s
             rows_of_part = pq.read_table(f, columns=cols).to_pylist()
         for row in rows_of_part:
             if (row["model_name"], row["model_version"]) != (model_name, model_version):
+                continue
+            if sampling is not None and row["sampling"] != sampling:
+                continue
+            if num_segments is not None and row["num_segments"] != num_segments:
                 continue
             seen = rows.get(row["video_uri"])
             if seen is None or row["processed_at"] > seen["processed_at"]:
@@ -132,14 +148,15 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
 
 
 def evaluate(model: str, manifest: str, output: str | None = None, *,
-             batch_size: int = 16, on_start=None, on_progress=None) -> EvalResult:
+             sampling: str = LabelConfig.sampling, batch_size: int = 16, on_start=None,
+             on_progress=None) -> EvalResult:
     """Label the manifest with `model`, score it against the labels, log it all to MLflow.
 
-    `on_start` / `on_progress` follow the label job (see `pipeline.job.run_plan`).
+    `sampling` is the label job's (`LabelConfig.sampling`). `on_start` /
+    `on_progress` follow the label job (see `pipeline.job.run_plan`).
     """
     import tsm_model
     from pipeline.job import run_label
-    from pipeline.settings import LabelConfig
     from registry import versions
     from training.clip_dataset import read_labelled_manifest
 
@@ -147,18 +164,20 @@ def evaluate(model: str, manifest: str, output: str | None = None, *,
     if not labelled:
         raise ValueError(f"{manifest}: no rows")
     ref = versions.resolve_model(model)
-    classes = list(tsm_model.load_config(ref.path).class_names)
+    model_config = tsm_model.load_config(ref.path)
+    classes = list(model_config.class_names)
     unknown = sorted({lab for _, lab in labelled} - set(classes))
     if unknown:
         raise ValueError(f"labels the model does not know: {', '.join(unknown)}")
     out = output or default_output(ref)
     config = LabelConfig(input=str(manifest), output=out, model=model, embeddings=False,
-                         top_k=min(5, len(classes)), batch_size=batch_size)
+                         top_k=min(5, len(classes)), batch_size=batch_size, sampling=sampling)
     summary = run_label(config, on_start=on_start, on_progress=on_progress)
-    predictions = read_predictions(out, ref.name, ref.version)
+    predictions = read_predictions(out, ref.name, ref.version, sampling=sampling,
+                                   num_segments=model_config.num_segments)
     top1, top5, per_class, errors, confusion, error_uris = score(labelled, predictions, classes)
     result = EvalResult(ref.name, ref.version, len(labelled), top1, top5, per_class, errors,
-                        confusion, classes, "", out, error_uris)
+                        confusion, classes, "", out, error_uris, sampling=sampling)
     run_id, dataset = _log_evaluation(result, ref, model, manifest, labelled, summary.run_id)
     return dataclasses.replace(result, run_id=run_id, dataset_name=dataset.name,
                                dataset_digest=dataset.digest)
@@ -180,7 +199,8 @@ def _log_evaluation(r: EvalResult, ref, model: str, manifest: str,
                     tags={"model_name": r.model_name, "model_version": r.model_version,
                           "model_uri": model, "manifest": str(manifest),
                           "label_run_id": label_run_id}) as run:
-        run.log_params({"num_videos": r.num_videos, "manifest": str(manifest)})
+        run.log_params({"num_videos": r.num_videos, "manifest": str(manifest),
+                        "sampling": r.sampling})
         metrics = {"top1": r.top1, "top5": r.top5, "num_videos": r.num_videos,
                    "num_errors": sum(r.errors.values())}
         metrics.update({evaluations.metric_key("acc_", c): a for c, a in r.per_class.items()})
@@ -188,8 +208,8 @@ def _log_evaluation(r: EvalResult, ref, model: str, manifest: str,
         evaluations.record(run, dataset, metrics, model_id=ref.model_id)
         run.log_dict({"top1": r.top1, "top5": r.top5, "per_class": r.per_class,
                       "errors": r.errors, "error_uris": r.error_uris, "classes": r.classes,
-                      "confusion": r.confusion, "dataset": {"name": dataset.name,
-                                                            "digest": dataset.digest}},
+                      "confusion": r.confusion, "sampling": r.sampling,
+                      "dataset": {"name": dataset.name, "digest": dataset.digest}},
                      "evaluation.json")
         with tempfile.TemporaryDirectory() as tmp:
             plot_confusion(r.confusion, r.classes, Path(tmp) / "confusion.png",

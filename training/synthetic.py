@@ -296,15 +296,23 @@ def _render_forward(label: str, seed: int, size: int, num_frames: int) -> np.nda
 # ---------------------------------------------------------------- corpus
 
 
-def encode_mp4(frames: np.ndarray, fps: int, path: Path, crf: int = 18) -> None:
-    """Write (T, H, W, 3) uint8 RGB frames as an H.264 mp4 through ffmpeg (atomic rename)."""
+def encode_mp4(frames: np.ndarray, fps: int, path: Path, crf: int = 18,
+               gop: int | None = None) -> None:
+    """Write (T, H, W, 3) uint8 RGB frames as an H.264 mp4 through ffmpeg (atomic rename).
+
+    `gop`: a keyframe every `gop` frames exactly (no scene-cut keyframes); None keeps
+    x264's defaults (the corpus's: at most 250 frames apart, so a clip's first frame is
+    its only keyframe, unless a scene cut adds one).
+    """
     _, h, w, _ = frames.shape
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    keys = ([] if gop is None else
+            ["-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"])
     cmd = [
         "ffmpeg", "-y", "-loglevel", "error",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-",
         "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
-        "-threads", "1", "-an", str(tmp),
+        *keys, "-threads", "1", "-an", str(tmp),
     ]  # fmt: skip
     proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
     if proc.returncode != 0:

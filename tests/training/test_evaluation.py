@@ -111,6 +111,53 @@ def test_evaluate_logs_against_the_version(store):
     assert list(latest) == [digest] and latest[digest].run_id == again.run_id
 
 
+def test_evaluate_sampling_reaches_the_rows_and_the_run(store):
+    """`--sampling keyframe` reaches the label job's rows and the run's params; an output
+    holding both samplings is scored on the one asked for, not on whichever came last."""
+    from pipeline.sampling import segment_indices
+    from training.evaluation import read_predictions
+
+    # 16-20 frames with x264's default GOP: one keyframe (frame 0), so keyframe sampling
+    # takes each later segment's first frame, never all the centres
+    manifests = synthetic.generate(store / "corpus", synthetic.SynthConfig(
+        videos=4, seed=5, size=32, min_frames=16, max_frames=20, split_fractions=(1, 0, 0)))
+    model = str(tiny_model(store / "m", 0))
+    out = str(store / "out")
+
+    res = CliRunner().invoke(app, ["evaluate", "-m", model, "--manifest",
+                                   str(manifests["train"]), "--output", out, "--sampling",
+                                   "keyframe", "--no-progress", "--json"])
+    assert res.exit_code == 0, res.output
+    keyframe = json.loads(res.stdout)
+    assert keyframe["sampling"] == "keyframe" and keyframe["num_videos"] == 4
+    rows = output_rows(out).to_pylist()
+    assert len(rows) == 4 and {r["sampling"] for r in rows} == {"keyframe"}
+    assert all(r["frame_indices"] != segment_indices(r["num_frames"], 4).tolist()
+               for r in rows)
+    client = MlflowClient()
+    assert client.get_run(keyframe["run_id"]).data.params["sampling"] == "keyframe"
+
+    # uniform (the default) into the same output: labelled again, newer rows
+    uniform = evaluate(model, str(manifests["train"]), out)
+    assert uniform.sampling == "uniform"
+    assert client.get_run(uniform.run_id).data.params["sampling"] == "uniform"
+    rows = output_rows(out).to_pylist()
+    assert sorted(r["sampling"] for r in rows) == ["keyframe"] * 4 + ["uniform"] * 4
+    assert all(r["frame_indices"] == segment_indices(r["num_frames"], 4).tolist()
+               for r in rows if r["sampling"] == "uniform")
+
+    # each sampling is read back as itself, though the uniform rows are the latest
+    name, version = uniform.model_name, uniform.model_version
+    for mode in ("keyframe", "uniform"):
+        found = read_predictions(out, name, version, sampling=mode, num_segments=4)
+        assert len(found) == 4 and {r["sampling"] for r in found.values()} == {mode}
+    assert read_predictions(out, name, version, sampling="uniform", num_segments=8) == {}
+
+    res = CliRunner().invoke(app, ["evaluate", "-m", model, "--manifest",
+                                   str(manifests["train"]), "--sampling", "middle"])
+    assert res.exit_code == 2 and "sampling must be one of uniform, keyframe" in res.output
+
+
 def synthetic_rows(path):
     with open(path, newline="") as f:
         return [(r["uri"], r["label"]) for r in csv.DictReader(f)]

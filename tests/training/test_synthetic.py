@@ -125,6 +125,18 @@ def test_encoded_pair_decodes_to_reversed_frames(tmp_path):
     assert forward_order[0] > 2 * diff[0] and forward_order[-1] > 2 * diff[-1]
 
 
+def test_encode_with_a_fixed_gop(tmp_path):
+    """`gop=N`: a keyframe every N frames exactly (bench/sampling_accuracy.py's re-encodes);
+    the default: x264's, one keyframe at the start of a clip this short."""
+    from pipeline.decoders.pyav import probe
+
+    frames = render(spec("grow", 3, frames=40))
+    synthetic.encode_mp4(frames, 20, tmp_path / "g10.mp4", gop=10)
+    synthetic.encode_mp4(frames, 20, tmp_path / "default.mp4")
+    assert probe(str(tmp_path / "g10.mp4")).keyframes == (0, 10, 20, 30)
+    assert probe(str(tmp_path / "default.mp4")).keyframes == (0,)
+
+
 def test_same_seed_same_corpus(corpus, tmp_path):
     out, cfg, manifests = corpus
     again = synthetic.generate(tmp_path, cfg)
