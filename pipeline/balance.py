@@ -41,8 +41,15 @@ class Shares:
     model_cpus: float  # the CPUs the costs say the model needs (for the record)
 
 
-def share(cpus: float, costs: Costs, *, gpus: float = 0, gpus_per_actor: float = 0) -> Shares:
-    """Split `cpus` between the stages in proportion to their costs (see the module doc)."""
+def share(cpus: float, costs: Costs, *, node_cpus: float | None = None, nodes: int = 1,
+          gpus: float = 0, gpus_per_actor: float = 0) -> Shares:
+    """Split `cpus` between the stages in proportion to their costs (see the module doc).
+
+    `node_cpus`: the most CPUs one of the `nodes` has (all of `cpus` by default). An actor
+    lives on one node, so it never asks for more: on a cluster of small nodes the model gets
+    more actors of fewer threads. On several nodes the model's reservation also leaves
+    decoding a CPU after the loss of any one node: its actors come back elsewhere, and if
+    they then held every CPU no video would be decoded again."""
     if gpus_per_actor > 0:
         actors = max(1, int(gpus // gpus_per_actor)) if gpus else 1
         return Shares(actors, 1.0, None, float(actors))
@@ -51,8 +58,13 @@ def share(cpus: float, costs: Costs, *, gpus: float = 0, gpus_per_actor: float =
         # a model that needs under half a CPU shares the cores with decoding (it runs in
         # their gaps): reserving a whole CPU for it would idle that CPU
         return Shares(1, 0.0, 1, need)
-    model_cpus = min(max(1, round(need)), int(cpus) - 1)  # decoding keeps at least one
-    actors = math.ceil(model_cpus / THREADS_PER_ACTOR)
+    spare = int(node_cpus or cpus) if nodes > 1 else 0  # what losing a node takes away
+    most = int(cpus) - spare - 1  # decoding keeps at least one CPU
+    if most < 1:
+        return Shares(1, 0.0, 1, need)
+    model_cpus = min(max(1, round(need)), most)
+    per_actor = max(1, min(THREADS_PER_ACTOR, int(node_cpus or cpus)))
+    actors = math.ceil(model_cpus / per_actor)
     threads = max(1, model_cpus // actors)
     return Shares(actors, float(threads), threads, need)
 

@@ -347,7 +347,10 @@ class _Run:
                   if r["error_kind"] is None][:2]
         costs = measure(self.plan.network, sample, decode_spec)
         resources = ray.cluster_resources()
-        return share(resources.get("CPU", 1), costs, gpus=resources.get("GPU", 0),
+        node_cpus = [n["Resources"]["CPU"] for n in ray.nodes()
+                     if n["Alive"] and n["Resources"].get("CPU")]
+        return share(resources.get("CPU", 1), costs, node_cpus=max(node_cpus, default=None),
+                     nodes=len(node_cpus), gpus=resources.get("GPU", 0),
                      gpus_per_actor=config.gpus_per_actor)
 
     def _read_tally(self) -> None:

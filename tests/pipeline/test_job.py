@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 from conftest import BROKEN, GOOD, output_parts, output_rows, upload_dir
 
@@ -89,7 +90,10 @@ def test_one_row_per_video_with_the_right_error_kinds(local_run, corpus_dir):
     assert rows["odd.mp4"]["width"] == 317
     assert summary.ok == len(good) and sum(summary.errors.values()) == len(BROKEN)
     assert summary.errors["corrupt"] == 3
-    assert len(summary.parts) == 3  # 14 rows rolled at 5 rows a part
+    # 14 rows at most 5 a part (Ray Data hands the writers 5 rows or a few more at a time: a
+    # bundle of 6 is a part of 5 and one of 1)
+    part_rows = [pq.ParquetFile(p).metadata.num_rows for p in summary.parts]
+    assert sum(part_rows) == 14 and max(part_rows) <= 5 and len(part_rows) >= 3
     # one folder per model version, plain Parquet: readable as one dataset
     assert Path(summary.output) == Path(config.output) / "tiny-tsm" / summary.model_version
     ds = pads.dataset(str(Path(summary.output)))  # skips _runs/ and .lock by their prefix
