@@ -25,6 +25,11 @@ test: $(STAMP) system-deps
 pictures: $(STAMP) system-deps
 	$(BIN)/python docs/pictures/make.py
 
+# what the benchmarks need beyond the tests (decord, for the baselines a user would write
+# instead of the job: bench/baselines.py); then run the scripts under bench/ by hand
+bench: $(STAMP) system-deps
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,bench$(GPU_EXTRA)]"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -53,6 +53,9 @@ import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proctree import tree_cpu_seconds  # noqa: E402
 
 from jobs.console import stderr_to  # noqa: E402
 from pipeline.contract import RunStamp  # noqa: E402
@@ -69,36 +72,6 @@ STEADY = (0.3, 0.9)
 
 # a light production-style model: MobileNetV2 TSM, 8 segments, 112 px crops of 128 px frames
 MODEL = dict(arch="mobilenetv2", num_classes=10, num_segments=8, input_size=112, resize_size=128)
-
-
-def tree_cpu_seconds(root: int | None = None) -> float:
-    """CPU time used so far by this process and all its descendants (Ray's GCS,
-    raylet and workers of a local cluster), live ones and reaped ones alike."""
-    root = os.getpid() if root is None else root
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry)
-        parents[pid] = int(fields[1])
-        # utime + stime + cutime + cstime (children's time once they are reaped)
-        ticks[pid] = sum(int(v) for v in fields[11:15])
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += ticks.get(pid, 0)
-        stack.extend(children.get(pid, ()))
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -85,6 +85,7 @@ from bench_vs_baselines import (  # noqa: E402  (bench/ is no package)
     machine,
     versions,
 )
+from proctree import cmdline, tree_cpu_seconds  # noqa: E402
 from upload_corpus import make_corpus, read_manifest  # noqa: E402
 
 DEFAULT_WORK = Path.home() / ".cache" / "tsm-labeller" / "bench-scale"
@@ -247,38 +248,6 @@ def _cpu_s(pid: int) -> float | None:
         return None
 
 
-def _job_cpu_s(root: int) -> float:
-    """CPU seconds of `root` and its live descendants (with what they reaped): the job's
-    process tree while it runs (its local Ray's processes are its descendants)."""
-    parents, ticks = {}, {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            parents[int(entry)] = int(fields[1])
-            ticks[int(entry)] = sum(int(v) for v in fields[11:15])
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += ticks.get(pid, 0)
-        stack.extend(children.get(pid, ()))
-    return total / HZ
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 def _pss_kib(pid: int) -> int:
     """Proportional set size: shared pages (Ray's object store) split among their users."""
     try:
@@ -292,7 +261,7 @@ def _tree_pss() -> tuple[int, list[tuple[int, str]]]:
     """The tree's PSS (KiB) and its three largest processes (PSS in MiB, the command)."""
     each = [(_pss_kib(p), p) for p in _descendants()]
     top = sorted(each, reverse=True)[:3]
-    return sum(k for k, _ in each), [(k // 1024, _cmdline(p)[:60]) for k, p in top]
+    return sum(k for k, _ in each), [(k // 1024, cmdline(p)[:60]) for k, p in top]
 
 
 def _mem_available_gib() -> float:
@@ -346,10 +315,10 @@ def run_job(inp: str, out: Path, model: Path, env: dict, *, stop_after_first_s: 
         m["driver_cpu_s"] = _cpu_s(proc.pid) or m["driver_cpu_s"]
         if now >= next_mark:  # (s, videos done, driver CPU s, CPU s of the live tree)
             timeline.append((round(now, 2), progress.get("done", 0), m["driver_cpu_s"],
-                             round(_job_cpu_s(proc.pid), 2)))
+                             round(tree_cpu_seconds(proc.pid), 2)))
             next_mark = now + 1.0
         if m["first_decode_process_s"] is None and any(
-                "pipeline.isolation" in _cmdline(p) for p in _descendants()):
+                "pipeline.isolation" in cmdline(p) for p in _descendants()):
             m["first_decode_process_s"] = now
         if m["first_part_s"] is None and any(out.rglob("part-*.parquet")):
             m["first_part_s"] = now

@@ -2,7 +2,8 @@
 
 How to run
 ----------
-From a checkout with `.venv` set up (`make test` does it), on a quiet machine::
+From a checkout with `.venv` set up and the baselines' decord installed (`make bench`), on a
+quiet machine::
 
     # the benchmark: 120 upload-like 10 s clips (made once, cached), ResNet-18 TSM at 224 px
     .venv/bin/python bench/bench_vs_baselines.py
@@ -488,6 +489,12 @@ def parse_args(argv: list[str]):
 def main() -> None:
     started = time.time()
     args = parse_args(sys.argv[1:])
+    if "plain" in args.methods or "ray" in args.methods:
+        import importlib.util
+
+        if importlib.util.find_spec("decord") is None:  # the baselines decode with decord
+            sys.exit("error: the baselines need decord: `make bench` installs it "
+                     "(the `bench` extra)")
     the_command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
     # orphans of our runs (Ray's processes) are re-parented here, so we can wait for them
     libc = ctypes.CDLL(None, use_errno=True)

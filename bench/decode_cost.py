@@ -63,7 +63,6 @@ import torch  # noqa: F401  isort: skip
 
 import argparse
 import bisect
-import io
 import json
 import logging
 import os
@@ -232,28 +231,11 @@ def profile_table(prof: dict, title: str) -> str:
 
 
 # ----------------------------------------------------------------- the reads
-class CountingFile(io.FileIO):
-    """A local file that counts the bytes read from it."""
-
-    def __init__(self, path: str):
-        super().__init__(path, "r")
-        self.bytes_read = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = super().read(size)
-        self.bytes_read += len(data or b"")
-        return data
-
-    def readinto(self, buffer) -> int:
-        n = super().readinto(buffer)
-        self.bytes_read += n or 0
-        return n
-
-
 def reads_part(uris: list[str], have_decord: bool) -> dict:
     """{size: {method: mean share of the file read}}"""
     from pipeline.decoders import decoder_for
     from pipeline.sampling import sampler, segment_indices
+    from pipeline.store.local import CountingFile  # the job's own byte-counting local file
 
     shares: dict[str, dict[str, list]] = {}
     for uri in uris:

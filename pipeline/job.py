@@ -29,7 +29,7 @@ from pipeline.decode_stage import DecodeSpec, decode_batch
 from pipeline.lease import GRACE_S, LeaseLost
 from pipeline.model_stage import ClipClassifier, ModelSpec
 from pipeline.plan import LabelPlan, plan_label
-from pipeline.progress import Progress, new_tally
+from pipeline.progress import Progress, new_tally, on_this_node
 from pipeline.settings import LabelConfig
 from pipeline.sink import PartSpec, write_part
 from pipeline.source import Feed, FeedDatasource, FeedStats, todo
@@ -38,13 +38,21 @@ from pipeline.store import ObjectInfo
 
 MiB = 1024 * 1024
 READERS = 2  # read tasks pulling listing chunks (they only cut chunks into blocks)
-# Ray Data joins what a read task yields into blocks of up to DataContext.
-# target_max_block_size (128 MiB by default: the whole listing, handed on at its end, as one
-# decode task). The job's dataset uses this instead: a listing row is ~100-200 bytes, so a
-# block is ~100 inputs, one decode task. Smaller blocks cost the driver more per video (one
-# input per block: 4x the driver CPU, docs/scale.md); the same target makes the later
-# stages' blocks about one clip or row each.
-FEED_BLOCK_BYTES = 16 * 1024
+
+
+def feed_block_bytes(cpus: float) -> int:
+    """The job's target block size, from the CPUs of the cluster.
+
+    Ray Data joins what a read task yields into blocks of up to DataContext.
+    target_max_block_size (128 MiB by default: the whole listing, handed on at its end, as
+    one decode task). A listing row is ~100-200 bytes, and each block is one decode task:
+    small blocks spread a small run over every CPU, but every block costs the driver (Ray
+    Data's executor) the same work, so a big cluster needs big blocks for its driver to
+    keep up (one input per block cost 4x the driver CPU of ~100, docs/scale.md). So: ~12
+    inputs a block up to 8 CPUs, growing with the cluster to ~100 from 64 CPUs. The later
+    stages inherit the target: their blocks are about one clip or row each.
+    """
+    return int(min(16 * 1024, max(2 * 1024, 256 * cpus)))
 COST = ("frames_decoded", "frames_used", "bytes_read", "read_retries", "decode_cpu_s")
 WRITERS = 4  # part-writing tasks at once
 
@@ -289,11 +297,17 @@ class _Run:
         emb = plan.schema.field("embedding").type
         rows_per_part = config.sink.rows_per_part(emb.list_size * emb.value_type.bit_width // 8)
         self.feed = Feed(itertools.chain([first], pending), self.feed_stats, READERS).start()
+        # the read tasks only wait on the feed's queue and cut its chunks: no CPU reserved
+        # (decoding starts while the listing goes on), on the driver's node (a lost worker
+        # never takes a read, which could not be run again: the queue gives out each chunk
+        # once)
         source = ray.data.read_datasource(
             FeedDatasource(self.feed, config.videos_per_decode_task),
-            override_num_blocks=READERS)
+            override_num_blocks=READERS, num_cpus=0,
+            ray_remote_args={"scheduling_strategy": on_this_node()})
         # the stages after the read inherit its context
-        source.context.target_max_block_size = FEED_BLOCK_BYTES
+        source.context.target_max_block_size = feed_block_bytes(
+            ray.cluster_resources().get("CPU", 1))
         # a model actor lost with its node while it loads the model (pre-empted GPU nodes) is
         # replaced rather than ending the run (Ray Data's default: the first such death ends
         # it); a model that cannot load at all still ends it after these tries

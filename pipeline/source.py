@@ -151,7 +151,7 @@ class FeedDatasource(Datasource):
         def read() -> Iterator[pa.Table]:
             while (chunk := queue.get()) is not None:
                 # Ray Data joins these slices into blocks of about the job's
-                # target_max_block_size (see job.FEED_BLOCK_BYTES: ~100 inputs), one
+                # target_max_block_size (see job.feed_block_bytes: ~12-100 inputs), one
                 # decode task each, which decodes them `rows` at a time
                 for start in range(0, chunk.num_rows, rows):
                     yield chunk.slice(start, rows)
