@@ -26,10 +26,10 @@ def test_cpus_follow_the_costs(cpus, decode_s, model_s, expected):
 
 
 def test_an_actor_never_asks_for_more_cpus_than_a_node_has():
-    # 4 nodes of 1 CPU: a 2-CPU actor could go nowhere; 1-CPU actors, and after losing any
-    # node one CPU is still left to decode
+    # 4 nodes of 1 CPU: a 2-CPU actor could go nowhere; 2 CPUs reserved (after losing any
+    # node one is still left to decode) for one-thread actors (3: the model needs 3 CPUs)
     got = share(4, Costs(0.1, 0.3), node_cpus=1, nodes=4)
-    assert (got.actors, got.cpus_per_actor, got.torch_threads) == (2, 1.0, 1)
+    assert (got.actors, got.cpus_per_actor, got.torch_threads) == (3, 2 / 3, 1)
     # 16 nodes of 2 CPUs, a heavy model: actors of 2 threads
     got = share(32, Costs(0.1, 0.3), node_cpus=2, nodes=16)
     assert (got.actors, got.cpus_per_actor, got.torch_threads) == (12, 2.0, 2)
@@ -39,12 +39,20 @@ def test_on_several_nodes_losing_one_leaves_decoding_a_cpu():
     # 3 nodes of 1 CPU (the multi-node tests' cluster), the model 3x decoding: reserving 2
     # would leave nothing to decode once a node is lost, so the model reserves 1
     got = share(3, Costs(0.1, 0.3), node_cpus=1, nodes=3)
-    assert (got.actors, got.cpus_per_actor) == (1, 1.0)
+    assert got.actors * got.cpus_per_actor == 1.0
     # 2 nodes of 1 CPU: any reservation could leave decoding nothing: the model shares
     got = share(2, Costs(0.1, 0.3), node_cpus=1, nodes=2)
     assert (got.actors, got.cpus_per_actor) == (1, 0.0)
     # one machine: nothing to lose but the machine
     assert share(3, Costs(0.1, 0.3)).cpus_per_actor == 2.0
+
+
+def test_a_model_short_of_a_whole_cpu_gets_one_more_actor_on_the_same_cpus():
+    # 2 CPUs, the model needs 1.4 of them: 1 reserved CPU, shared by 2 one-thread actors
+    got = share(2, Costs(0.3, 0.7))
+    assert (got.actors, got.cpus_per_actor, got.torch_threads) == (2, 0.5, 1)
+    # 1.2 of them: rounding leaves little out, one actor
+    assert share(2, Costs(0.4, 0.6)).actors == 1
 
 
 def test_on_gpus_each_actor_gets_a_gpu_and_one_cpu_to_feed_it():
