@@ -18,6 +18,14 @@ from pathlib import Path
 import pytest
 import videos
 
+
+def pytest_collection_modifyitems(items):
+    """The multi-node tests (tests/pipeline/test_cluster.py) run first, before the session's
+    own Ray (`ray_cluster`) starts: their cluster, whose nodes they kill, is started and torn
+    down in this process, and once ended a full run with the session's Ray alive beside it
+    (its next job in this process exited at once, exit code 1, no report)."""
+    items.sort(key=lambda item: "multinode" not in getattr(item, "fixturenames", ()))
+
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
