@@ -66,10 +66,12 @@ def share(cpus: float, costs: Costs, *, node_cpus: float | None = None, nodes: i
     per_actor = max(1, min(THREADS_PER_ACTOR, int(node_cpus or cpus)))
     actors = math.ceil(model_cpus / per_actor)
     threads = max(1, model_cpus // actors)
-    if threads == 1 and need - model_cpus >= 0.25:
+    if nodes == 1 and threads == 1 and need - model_cpus >= 0.25:
         # whole CPUs leave the model short (1.4 CPUs' worth on 2 CPUs gets 1): one more
         # one-thread actor, on the same reservation, takes the rest; the OS then shares the
-        # cores between it and decoding (on 2 CPUs: 1.33 for the model, 0.67 for decoding)
+        # cores between it and decoding (on 2 CPUs: 1.33 for the model, 0.67 for decoding).
+        # One machine only: on several, actors of part of a CPU on different nodes could
+        # leave no node a whole CPU for a decode task once one node is lost
         actors += 1
     return Shares(actors, model_cpus / actors, threads, need)
 
