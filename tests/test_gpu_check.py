@@ -129,9 +129,8 @@ def test_cpu_smoke_runs_every_section_from_the_pack(tmp_path):
     assert "## mobilenetv2: clips/s" in markdown and "## skipped" in markdown
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_without_a_gpu_the_full_run_says_so(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
     proc = run_bare(BENCH / "gpu_check.py", "--quick", "--out", str(tmp_path))
     assert proc.returncode == 1
     assert "no CUDA device" in proc.stdout
