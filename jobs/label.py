@@ -99,8 +99,9 @@ def label(
     embedding_dtype: str = typer.Option(
         C.embedding_dtype, "--embedding-dtype", help="Embedding precision: float32 or float16."
     ),
-    batch_size: int = typer.Option(C.batch_size, "--batch-size",
-                                   help="Clips per model forward pass."),
+    batch_size: int | None = typer.Option(
+        C.batch_size, "--batch-size", help="Clips per model actor call.",
+        show_default="32 with GPUs, 8 on CPU"),
     actors: int | None = typer.Option(
         C.actors, "--actors",
         help="Model actors (each loads the model once).",

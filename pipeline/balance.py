@@ -76,33 +76,37 @@ def share(cpus: float, costs: Costs, *, node_cpus: float | None = None, nodes: i
     return Shares(actors, model_cpus / actors, threads, need)
 
 
-def measure(model, sample_inputs, decode_spec, *, batch: int = 4) -> Costs:
+def measure(model, sample_inputs, decode_spec, *, batch: int = 32) -> Costs:
     """Per-video costs on this machine: decode `sample_inputs` (ObjectInfo) and run `model`
-    on a batch of clips, one thread each, as the stages will."""
+    on one forward pass of clips, one thread each, as the stages will (the actors get
+    `batch` clips per call and pass them through the model a few at a time on CPU)."""
     import torch
 
     from pipeline.fetch_decode import fetch_decode
+    from pipeline.model_stage import clips_per_pass
     from pipeline.transforms import normalize, resize_crop
 
     job = dataclasses.replace(decode_spec.job, gpu_backend=None)  # what decoding here costs
+    # thread_time: this thread's CPU alone, as the job measures while Ray starts beside it
     decode = []
     for obj in sample_inputs:
-        started = time.process_time()
+        started = time.thread_time()
         decoded = fetch_decode(obj, job)
         if decoded.frames is not None:
             resize_crop(decoded.frames, decode_spec.resize_size, decode_spec.input_size)
-            decode.append(time.process_time() - started)
+            decode.append(time.thread_time() - started)
     config = model.config
+    batch = clips_per_pass(config, use_gpu=False, batch=batch)
     clips = torch.zeros(batch, config.num_segments, 3, config.input_size, config.input_size,
                         dtype=torch.uint8)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            model.logits_and_features(normalize(clips[:1], config.mean, config.std))  # warm
-            started = time.process_time()
+            model.logits_and_features(normalize(clips, config.mean, config.std))  # warm
+            started = time.thread_time()
             model.logits_and_features(normalize(clips, config.mean, config.std))
-            model_s = (time.process_time() - started) / batch
+            model_s = (time.thread_time() - started) / batch
     finally:
         torch.set_num_threads(threads)
     # no video decoded (all broken): decoding is as cheap as it gets, the model sets the pace

@@ -19,11 +19,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.balance import Shares, measure, share
+from pipeline.balance import Costs, Shares, measure, share
 from pipeline.contract import RunStamp
 from pipeline.decode_stage import DecodeSpec, decode_batch
 from pipeline.lease import GRACE_S, LeaseLost
@@ -194,7 +195,7 @@ def model_actors(ds, spec: ModelSpec, config: LabelConfig, shares: Shares):
     return ds.map_batches(
         ClipClassifier,
         fn_constructor_kwargs={"spec": spec},
-        batch_size=config.batch_size,
+        batch_size=config.clips_per_batch,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=shares.actors),
         num_cpus=shares.cpus_per_actor,
@@ -247,7 +248,7 @@ def _start_run(plan: LabelPlan):
         "top_k": config.top_k,
         "embeddings": config.embeddings,
         "embedding_dtype": config.embedding_dtype,
-        "batch_size": config.batch_size,
+        "batch_size": config.clips_per_batch,
         "gpus_per_actor": config.gpus_per_actor,
         "input_kind": plan.listing.kind,
     })
@@ -255,6 +256,27 @@ def _start_run(plan: LabelPlan):
 
 
 # ---------------------------------------------------------------------- the job
+def decode_spec_of(plan: LabelPlan) -> DecodeSpec:
+    return DecodeSpec.from_settings(plan.model_config, plan.config, plan.gpu_backend)
+
+
+def _measure(plan: LabelPlan, first) -> Costs | None:
+    """What decoding two of the first videos and the model cost here, for a balanced run
+    (None when the flags set the split)."""
+    if not plan.config.balanced:
+        return None
+    sample = [ObjectInfo(r["uri"], r["size"], r["version"]) for r in first.to_pylist()
+              if r["error_kind"] is None][:2]
+    return measure(plan.network, sample, decode_spec_of(plan),
+                   batch=plan.config.clips_per_batch)
+
+
+def _start_tracking(plan: LabelPlan):
+    """Close the MLflow runs of dead earlier jobs on this output, then open this run's."""
+    _fail_dead_runs(plan.config)
+    return _start_run(plan)
+
+
 class _Run:
     """The moving parts of one run, and the driver's bookkeeping."""
 
@@ -271,15 +293,15 @@ class _Run:
         self.tally = None
         self.ds = None  # the Ray Data stream, once built
 
-    def stream(self, first, pending, lease, run, on_progress) -> None:
+    def stream(self, first, pending, lease, run, on_progress, costs: Costs | None) -> None:
         """Run the Ray Data stream over the listing's chunks still to label: `first`, then
-        `pending`."""
+        `pending`. `costs`: the stages' costs, measured (a balanced run), else None."""
         import ray
         import ray.data
 
         plan, config, progress = self.plan, self.plan.config, self.progress
-        decode_spec = DecodeSpec.from_settings(plan.model_config, config, plan.gpu_backend)
-        shares = self._shares(first, decode_spec, on_progress)
+        decode_spec = decode_spec_of(plan)
+        shares = self._shares(costs)
         run.log_params({"actors": shares.actors, "cpus_per_actor": shares.cpus_per_actor,
                         "torch_threads": shares.torch_threads,
                         "balanced": config.balanced})
@@ -347,19 +369,13 @@ class _Run:
             raise RowsLost(f"{queued - progress.written} of {queued} videos came back from the "
                            "pipeline without a row; rerun to label them")
 
-    def _shares(self, first, decode_spec: DecodeSpec, on_progress) -> Shares:
-        """The flags' split, or one measured from two of the first videos (balance.py)."""
+    def _shares(self, costs: Costs | None) -> Shares:
+        """The flags' split, or one from the measured costs (balance.py)."""
         import ray
 
         config = self.plan.config
-        if not config.balanced:
+        if costs is None:
             return config.shares()
-        self.progress.phase = "measuring the stages"
-        if on_progress:
-            on_progress(self.progress)
-        sample = [ObjectInfo(r["uri"], r["size"], r["version"]) for r in first.to_pylist()
-                  if r["error_kind"] is None][:2]
-        costs = measure(self.plan.network, sample, decode_spec)
         resources = ray.cluster_resources()
         node_cpus = [n["Resources"]["CPU"] for n in ray.nodes()
                      if n["Alive"] and n["Resources"].get("CPU")]
@@ -425,7 +441,6 @@ def run_plan(
     job: _Run | None = None
     started_ray = False
     try:
-        _fail_dead_runs(config)
         enter("reading the output")
         table.check_schema(plan.schema)
         table.clean_staging()
@@ -433,15 +448,26 @@ def run_plan(
         pending = todo(plan.inputs(), plan.done(), feed_stats, config.limit)
         enter("listing")
         first = next(pending, None)  # nothing left to label: no Ray, no actors
-        run = _start_run(plan)
-        job = _Run(plan, run.run_id, lease.run_id, progress, feed_stats)
+        costs = None
         if first is None:
+            run = _start_tracking(plan)
             feed_stats.finished = True
         else:
+            # Ray's start is mostly waiting for its processes: the MLflow run and the
+            # stages' measurement go on meanwhile (a few seconds of every run's start-up)
             enter("starting Ray")
-            started_ray = _init_ray()
+            with ThreadPoolExecutor(2, thread_name_prefix="tsm-start") as pool:
+                tracking = pool.submit(_start_tracking, plan)
+                measured = pool.submit(_measure, plan, first)
+                try:
+                    started_ray = _init_ray()
+                finally:
+                    run = tracking.result()
+                costs = measured.result()
             _quiet_ray_data()
-            job.stream(first, pending, lease, run, on_progress)
+        job = _Run(plan, run.run_id, lease.run_id, progress, feed_stats)
+        if first is not None:
+            job.stream(first, pending, lease, run, on_progress, costs)
         enter("finishing")
         summary = LabelSummary(
             input=config.input, output=table.partition, model_uri=plan.model.uri,

@@ -42,7 +42,10 @@ class LabelConfig:
     top_k: int = 5
     embeddings: bool = True
     embedding_dtype: str = "float32"
-    batch_size: int = 32  # clips per model forward
+    # clips per model actor call; None: 32 on GPU (a full device), 8 on CPU (the model stage
+    # gets work in smaller steps, so it waits less on decoding; CPU passes are small anyway,
+    # see pipeline.model_stage.CPU_PIXELS_PER_PASS)
+    batch_size: int | None = None
     gpus_per_actor: float = 0.0
     # the model stage's share of the CPUs: when none of these three is set, measured at
     # start-up from what decoding and the model cost (pipeline/balance.py); set any to
@@ -84,7 +87,8 @@ class LabelConfig:
         check(self.top_k >= 1, f"top-k must be >= 1, got {self.top_k}")
         check(self.embedding_dtype in EMBEDDING_DTYPES,
               f"embedding dtype must be float32 or float16, got {self.embedding_dtype!r}")
-        check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        check(self.batch_size is None or self.batch_size >= 1,
+              f"batch size must be >= 1, got {self.batch_size}")
         check(self.actors is None or self.actors >= 1, f"actors must be >= 1, got {self.actors}")
         check(self.gpus_per_actor >= 0, f"gpus per actor must be >= 0, got {self.gpus_per_actor}")
         check(cpa is None or cpa >= 0, f"cpus per actor must be >= 0, got {cpa}")
@@ -111,6 +115,11 @@ class LabelConfig:
         check(mer is None or 0 <= mer <= 1, f"max error rate must be in [0, 1], got {mer}")
         check(self.videos_per_decode_task >= 1,
               f"videos per decode task must be >= 1, got {self.videos_per_decode_task}")
+
+    @property
+    def clips_per_batch(self) -> int:
+        """The model actors' batch size: the flag's, else the device's default."""
+        return self.batch_size or (32 if self.gpus_per_actor > 0 else 8)
 
     @property
     def balanced(self) -> bool:

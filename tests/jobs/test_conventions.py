@@ -154,7 +154,8 @@ def test_documented_defaults_show_in_the_help(runner, monkeypatch):
     assert "[default: (measured at start-up; 1 with GPUs)]" in row["--cpus-per-actor"]
     assert "[default: auto]" in row["--decoder"] and "[default: (none)]" in row["--keep-columns"]
     assert "[default: 5]" in row["--top-k"] and "[default: 120.0]" in row["--decode-timeout"]
-    assert "[default: 10000]" in row["--part-rows"] and "[default: 32]" in row["--batch-size"]
+    assert "[default: 10000]" in row["--part-rows"]
+    assert "[default: (32 with GPUs, 8 on CPU)]" in row["--batch-size"]
 
 
 @pytest.mark.parametrize("path", LEAVES, ids=" ".join)

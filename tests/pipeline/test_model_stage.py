@@ -97,6 +97,40 @@ def test_a_model_failure_becomes_error_rows_without_losing_any(tiny_model, monke
     assert rows_[0]["num_frames"] == 9  # what was decoded is still recorded
 
 
+def test_on_cpu_a_batch_goes_through_the_model_a_few_clips_at_a_time(tiny_model, monkeypatch):
+    import pipeline.model_stage as stage
+
+    whole = ClipClassifier(_spec(tiny_model))(_batch(5, 1)).to_pylist()
+    clf = ClipClassifier(_spec(tiny_model))
+    sizes = []
+    real = clf.model.logits_and_features
+
+    def counting(x):
+        sizes.append(len(x))
+        return real(x)
+
+    monkeypatch.setattr(clf.model, "logits_and_features", counting)
+    # passes of two 4-frame 32 px clips: 5 clips in passes of 2, 2, 1; the same labels
+    monkeypatch.setattr(stage, "CPU_PIXELS_PER_PASS", 2 * 4 * 32 * 32)
+    chunked = clf(_batch(5, 1)).to_pylist()
+    assert sizes == [2, 2, 1]
+    for a, b in zip(whole, chunked, strict=True):
+        assert (a["top_k_ids"], a["error_kind"]) == (b["top_k_ids"], b["error_kind"])
+        np.testing.assert_allclose(a["embedding"], b["embedding"], rtol=1e-4, atol=1e-5)
+
+
+def test_clips_per_pass_follows_the_frame_size_on_cpu_and_is_the_batch_on_gpu():
+    from pipeline.model_stage import clips_per_pass
+
+    r224 = tsm_model.TSMConfig(arch="resnet18", num_classes=4, num_segments=8, input_size=224,
+                               resize_size=256)
+    r32 = tsm_model.TSMConfig(arch="resnet18", num_classes=4, num_segments=8, input_size=32,
+                              resize_size=36)
+    assert clips_per_pass(r224, use_gpu=False, batch=8) == 1
+    assert clips_per_pass(r32, use_gpu=False, batch=8) == 8  # small frames: the whole batch
+    assert clips_per_pass(r224, use_gpu=True, batch=32) == 32
+
+
 def test_clips_of_the_wrong_size_become_error_rows(tiny_model):
     # clips of 3 frames for a model loaded for 4: every row gets out, as an error
     rows_ = ClipClassifier(_spec(tiny_model))(_batch(2, 1, t=3)).to_pylist()
@@ -114,6 +148,9 @@ def test_the_spec_is_made_from_the_job_settings(tiny_model):
     spec = ModelSpec.from_settings(mc, b"w", stamp, cfg, cfg.shares())
     assert (spec.top_k, spec.bf16, spec.use_gpu, spec.torch_threads) == (2, True, False, 3)
     assert spec.dali is None and spec.decode is None
+    # the actors' batch: 8 clips on CPU, 32 with GPUs, unless the flag says
+    assert cfg.clips_per_batch == 8
+    assert LabelConfig(input="i", output="o", model="m", gpus_per_actor=1).clips_per_batch == 32
     gpu_cfg = LabelConfig(input="i", output="o", model="m", gpus_per_actor=1, batch_size=64)
     gpu = ModelSpec.from_settings(mc, b"w", stamp, gpu_cfg, gpu_cfg.shares(),
                                   decode=DecodeSpec.from_settings(mc, gpu_cfg, "nvdec"))
