@@ -85,8 +85,9 @@ from bench_vs_baselines import (  # noqa: E402  (bench/ is no package)
     machine,
     versions,
 )
+from bench_vs_baselines import resolve_model as resolve_bench_model  # noqa: E402
 from proctree import cmdline, tree_cpu_seconds  # noqa: E402
-from upload_corpus import make_corpus, read_manifest  # noqa: E402
+from upload_corpus import DEFAULT_CACHE, DEFAULT_SIZES, make_corpus, read_manifest  # noqa: E402
 
 DEFAULT_WORK = Path.home() / ".cache" / "tsm-labeller" / "bench-scale"
 ROWS = 1_000_000
@@ -442,19 +443,52 @@ def step_first(p: dict, env: dict, args) -> dict:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def upload_links(work: Path, videos: int) -> Path:
+    """A manifest of `videos` hard links, under distinct names, to the 120 upload-like clips of
+    bench_vs_baselines (10 s, 25 fps, 2-s GOP, half 1280x720, half 640x272; made once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    clips = [Path(u) for u in read_manifest(make_corpus(
+        120, 10.0, sizes=DEFAULT_SIZES, cache=DEFAULT_CACHE,
+        manifest=work / "upload-clips.csv"))]
+    rows = {"uri": [], "version": [], "size": []}
+    for i in range(videos):
+        clip = clips[i % len(clips)]
+        path = work / "upload-videos" / f"d{i // 1000:03d}" / f"u{i:07d}{clip.suffix}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(clip, path)
+        version, size = _version(clip)
+        rows["uri"].append(str(path))
+        rows["version"].append(version)
+        rows["size"].append(size)
+    manifest = work / f"manifest-upload-{videos}.parquet"
+    pq.write_table(pa.table(rows), manifest)
+    return manifest
+
+
 def step_long(p: dict, env: dict, args) -> dict:
-    """The job over `--videos` real videos to the end: the driver's CPU against the job's."""
+    """The job over `--videos` real videos to the end: the driver's CPU against the job's.
+    `--corpus tiny`: the 2-s 320x180 clips and the 32-px model (the driver's worst case: the
+    job does least per video); `upload`: upload-like 10-s clips with `--model`."""
     import pyarrow.parquet as pq
 
     manifest = Path(p["manifest_10k"])
-    if args.videos != p["real_videos"]:
+    model = Path(p["model"])
+    if args.corpus == "upload":
+        manifest = upload_links(Path(p["work"]), args.videos)
+        model = resolve_bench_model(args.model, DEFAULT_CACHE) if args.model else model
+    elif args.videos != p["real_videos"]:
         manifest = Path(p["work"]) / f"manifest-{args.videos}.parquet"
         pq.write_table(pq.read_table(p["manifest_10k"]).slice(0, args.videos), manifest)
     out = Path(tempfile.mkdtemp(prefix="bench-scale-long-"))
     try:
-        m = run_job(str(manifest), out / "labels", Path(p["model"]), env,
+        m = run_job(str(manifest), out / "labels", model, env,
                     stop_after_first_s=None, timeout_s=args.timeout,
-                    tree_pss_limit_gib=args.pss_limit_gib)
+                    tree_pss_limit_gib=args.pss_limit_gib,
+                    settings={"sampling": args.sampling})
+        m.update(corpus=args.corpus, model=str(model), sampling=args.sampling)
     finally:
         import shutil
 
@@ -484,18 +518,23 @@ def step_long(p: dict, env: dict, args) -> dict:
 
 
 def step_costs(p: dict, args) -> dict:
-    """CPU cost per video of the job's decoder (10 s and 5-minute 720p uploads) and per clip
-    of TSM on CPU (ResNet-50, ResNet-18, MobileNetV2; 8 segments at 224 px)."""
+    """CPU cost per video of the job's decoder (10 s and 5-minute 720p uploads, `--sampling`)
+    and per clip of TSM on CPU (ResNet-50, ResNet-18, MobileNetV2; 8 segments at 224 px), in
+    this process: what a decode task's child and a model actor's thread spend."""
     import numpy as np
     import torch
 
     import tsm_model
-    from pipeline.decode_stage import DecodeSpec, decode_one
+    from pipeline.fetch_decode import FetchDecode, fetch_decode
+    from pipeline.model_stage import clips_per_pass
+    from pipeline.settings import LabelConfig
     from pipeline.store import ObjectInfo
+    from pipeline.transforms import resize_crop
 
-    out: dict = {"decode": {}, "model": {}}
-    spec = DecodeSpec(num_segments=8, resize_size=256, input_size=224, timeout_s=600,
-                      stream_threshold_bytes=64 << 20)
+    out: dict = {"decode": {}, "model": {}, "sampling": args.sampling}
+    job = FetchDecode(num_segments=8, sampling=args.sampling,
+                      max_frame_pixels=LabelConfig.max_frame_pixels,
+                      whole_below=int(LabelConfig.whole_read_mb * 2**20))
     torch.set_num_threads(1)  # as in a 1-CPU Ray task
     for label, count, duration in (("10s-720p", args.short_clips, 10.0),
                                    ("300s-720p", args.long_clips, 300.0)):
@@ -504,12 +543,13 @@ def step_costs(p: dict, args) -> dict:
                                          manifest=Path(p["work"]) / f"clips-{label}.csv"))
         per = []
         for u in uris:
-            obj = ObjectInfo(u, os.path.getsize(u), "bench")
-            decode_one(obj, spec)  # page cache and libraries warm
+            obj = ObjectInfo(u, os.path.getsize(u), None)
+            fetch_decode(obj, job)  # page cache and libraries warm
             r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-            result = decode_one(obj, spec)
+            result = fetch_decode(obj, job)
+            assert result.frames is not None, result.error_message
+            resize_crop(result.frames, 256, 224)
             r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-            assert result.ok, result.error_message
             per.append(((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime), t1 - t0,
                         os.path.getsize(u)))
         cpu = [c for c, _, _ in per]
@@ -520,7 +560,9 @@ def step_costs(p: dict, args) -> dict:
     for arch in ("resnet50", "resnet18", "mobilenetv2"):
         model = tsm_model.build(tsm_model.TSMConfig(arch=arch, num_classes=400, num_segments=8,
                                                     input_size=224, resize_size=256)).eval()
-        x = torch.randn(args.model_batch, 8, 3, 224, 224)
+        # the clips the model actors put through the model in one pass on CPU
+        batch = clips_per_pass(model.config, use_gpu=False, batch=args.model_batch)
+        x = torch.randn(batch, 8, 3, 224, 224)
         row = {}
         for threads in (1, 2):
             torch.set_num_threads(threads)
@@ -530,7 +572,7 @@ def step_costs(p: dict, args) -> dict:
                 for _ in range(args.model_repeats):
                     model.logits_and_features(x)
                 r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-            clips = args.model_batch * args.model_repeats
+            clips = batch * args.model_repeats
             row[f"{threads}_threads"] = {
                 "wall_s_per_clip": (t1 - t0) / clips,
                 "cpu_s_per_clip": ((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime))
@@ -564,7 +606,14 @@ def main() -> None:
                         help="stop a run whose process tree passes this PSS (a shared box)")
     parser.add_argument("--short-clips", type=int, default=6)
     parser.add_argument("--long-clips", type=int, default=2)
-    parser.add_argument("--model-batch", type=int, default=4)
+    parser.add_argument("--corpus", choices=["tiny", "upload"], default="tiny",
+                        help="`long`: the 2-s 320x180 clips (default) or upload-like 10-s clips")
+    parser.add_argument("--model", help="`long --corpus upload`: resnet18-224 | "
+                        "mobilenetv2-224 | bundled | PATH (default: the 32-px bench model)")
+    parser.add_argument("--sampling", choices=["uniform", "keyframe"], default="uniform",
+                        help="`long` and `costs`: the job's sampling")
+    parser.add_argument("--model-batch", type=int, default=8,
+                        help="`costs`: the actors' batch (passed through the model as they do)")
     parser.add_argument("--model-repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("bench-scale.json"))
     args = parser.parse_args()

@@ -83,7 +83,7 @@ def measure(model, sample_inputs, decode_spec, *, batch: int = 32) -> Costs:
     import torch
 
     from pipeline.fetch_decode import fetch_decode
-    from pipeline.model_stage import clips_per_pass
+    from pipeline.model_stage import clips_per_pass, for_inference
     from pipeline.transforms import normalize, resize_crop
 
     job = dataclasses.replace(decode_spec.job, gpu_backend=None)  # what decoding here costs
@@ -96,6 +96,7 @@ def measure(model, sample_inputs, decode_spec, *, batch: int = 32) -> Costs:
             resize_crop(decoded.frames, decode_spec.resize_size, decode_spec.input_size)
             decode.append(time.thread_time() - started)
     config = model.config
+    model = for_inference(model, use_gpu=False)
     batch = clips_per_pass(config, use_gpu=False, batch=batch)
     clips = torch.zeros(batch, config.num_segments, 3, config.input_size, config.input_size,
                         dtype=torch.uint8)

@@ -131,6 +131,28 @@ def test_clips_per_pass_follows_the_frame_size_on_cpu_and_is_the_batch_on_gpu():
     assert clips_per_pass(r224, use_gpu=True, batch=32) == 32
 
 
+def test_on_cpu_models_of_112_px_and_up_run_channels_last_with_the_same_outputs():
+    import torch
+
+    from pipeline.model_stage import for_inference
+
+    torch.manual_seed(0)
+    big = tsm_model.build(tsm_model.TSMConfig(arch="resnet18", num_classes=3, num_segments=2,
+                                              input_size=112, resize_size=128)).eval()
+    x = torch.randn(1, 2, 3, 112, 112)
+    with torch.inference_mode():
+        before = big.logits_and_features(x)
+        fast = for_inference(big, use_gpu=False)
+        after = fast.logits_and_features(x)
+    assert fast.base_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    small = tsm_model.build(tsm_model.TSMConfig(arch="resnet18", num_classes=3, num_segments=2,
+                                                input_size=32, resize_size=36))
+    assert not for_inference(small, use_gpu=False).base_model.conv1.weight.is_contiguous(
+        memory_format=torch.channels_last)  # tiny frames: NCHW is faster
+
+
 def test_clips_of_the_wrong_size_become_error_rows(tiny_model):
     # clips of 3 frames for a model loaded for 4: every row gets out, as an error
     rows_ = ClipClassifier(_spec(tiny_model))(_batch(2, 1, t=3)).to_pylist()
