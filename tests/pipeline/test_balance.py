@@ -9,8 +9,8 @@ from pipeline.settings import LabelConfig
 
 
 @pytest.mark.parametrize("cpus, decode_s, model_s, expected", [
-    # a heavy model on 2 cores: one actor keeps a CPU, decoding the other
-    (2, 0.2, 0.3, Shares(1, 1.0, 1, 1.2)),
+    # a model as costly as decoding on 2 cores: one actor keeps a CPU, decoding the other
+    (2, 0.3, 0.3, Shares(1, 1.0, 1, 1.0)),
     # a light model: it runs in decoding's gaps, reserving nothing
     (2, 0.5, 0.05, Shares(1, 0.0, 1, 2 * 0.05 / 0.55)),
     # 32 cores, the model costs 3x decoding: 24 CPUs -> 6 actors of 4 threads
@@ -51,8 +51,11 @@ def test_a_model_short_of_a_whole_cpu_gets_one_more_actor_on_the_same_cpus():
     # 2 CPUs, the model needs 1.4 of them: 1 reserved CPU, shared by 2 one-thread actors
     got = share(2, Costs(0.3, 0.7))
     assert (got.actors, got.cpus_per_actor, got.torch_threads) == (2, 0.5, 1)
-    # 1.2 of them: rounding leaves little out, one actor
-    assert share(2, Costs(0.4, 0.6)).actors == 1
+    # 1.2 of them: the CPU decoding leaves idle is still worth a second thread (the bound
+    # goes from 1.67 to 2.0 videos/s)
+    assert share(2, Costs(0.4, 0.6)).actors == 2
+    # 1.02 of them: one more thread would add 2 %, not worth a third busy process on 2 cores
+    assert share(2, Costs(0.5, 0.52)).actors == 1
 
 
 def test_on_gpus_each_actor_gets_a_gpu_and_one_cpu_to_feed_it():
