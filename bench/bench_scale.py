@@ -519,14 +519,15 @@ def step_long(p: dict, env: dict, args) -> dict:
 
 def step_costs(p: dict, args) -> dict:
     """CPU cost per video of the job's decoder (10 s and 5-minute 720p uploads, `--sampling`)
-    and per clip of TSM on CPU (ResNet-50, ResNet-18, MobileNetV2; 8 segments at 224 px), in
-    this process: what a decode task's child and a model actor's thread spend."""
+    and per clip of TSM on CPU (ResNet-50, ResNet-18, MobileNetV2; 8 segments at 224 px, in
+    the actors' passes and memory layout), in this process: what a decode task's child and
+    a model actor's thread spend."""
     import numpy as np
     import torch
 
     import tsm_model
     from pipeline.fetch_decode import FetchDecode, fetch_decode
-    from pipeline.model_stage import clips_per_pass
+    from pipeline.model_stage import clips_per_pass, for_inference
     from pipeline.settings import LabelConfig
     from pipeline.store import ObjectInfo
     from pipeline.transforms import resize_crop
@@ -558,8 +559,9 @@ def step_costs(p: dict, args) -> dict:
                                 "wall_s_per_video": float(np.median([w for _, w, _ in per])),
                                 "mean_bytes": float(np.mean([b for _, _, b in per]))}
     for arch in ("resnet50", "resnet18", "mobilenetv2"):
-        model = tsm_model.build(tsm_model.TSMConfig(arch=arch, num_classes=400, num_segments=8,
-                                                    input_size=224, resize_size=256)).eval()
+        model = for_inference(tsm_model.build(tsm_model.TSMConfig(
+            arch=arch, num_classes=400, num_segments=8, input_size=224, resize_size=256)).eval(),
+            use_gpu=False)  # the layout the model actors use
         # the clips the model actors put through the model in one pass on CPU
         batch = clips_per_pass(model.config, use_gpu=False, batch=args.model_batch)
         x = torch.randn(batch, 8, 3, 224, 224)
