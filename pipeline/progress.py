@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 class Progress:
     """Where a running job stands (for a progress display)."""
 
-    # waiting for the output (its lease), reading the output, listing, starting Ray,
-    # measuring the stages, loading the model, labelling, finishing
+    # waiting for the output (its lease), reading the output, listing, starting Ray (the
+    # stages' measurement and the MLflow run go on beside it), loading the model,
+    # labelling, finishing
     phase: str = "planning"
     listed: int = 0  # inputs listed so far
     skipped: int = 0  # already labelled by an earlier run
