@@ -55,13 +55,15 @@ RUN_TIMEOUT_S = 400.0  # one job on a loaded 2-core machine, with a node lost on
 STALL_S = 120.0  # the job's own stall guard (its default, 30 min, would outlast any test)
 
 DRIVER = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     from pipeline.job import run_label
     from pipeline.settings import LabelConfig
     from pipeline.sink import SinkConfig
 
     settings = json.loads(sys.argv[4])
     part_rows = settings.pop("part_rows")
+    # a pipe of its own: Ray's log lines go to stdout from other threads, mid-line
+    report = os.fdopen(int(sys.argv[5]), "w")
     last = [None]
 
     def on_progress(p):
@@ -69,13 +71,14 @@ DRIVER = textwrap.dedent("""
         if now != last[0]:
             last[0] = now
             print("progress " + json.dumps({"phase": p.phase, "done": p.done,
-                                            "written": p.written}), flush=True)
+                                            "written": p.written}), file=report, flush=True)
 
     s = run_label(LabelConfig(input=sys.argv[1], output=sys.argv[2], model=sys.argv[3],
                               sink=SinkConfig(max_rows=part_rows), **settings),
                   on_progress=on_progress)
     print("summary " + json.dumps({"listed": s.listed, "skipped": s.skipped, "ok": s.ok,
-                                   "errors": s.errors, "parts": len(s.parts)}), flush=True)
+                                   "errors": s.errors, "parts": len(s.parts)}), file=report,
+          flush=True)
 """)
 
 
@@ -232,6 +235,7 @@ class Driver:
             **settings,
         }
         self.log = out.parent / f"driver-{time.monotonic_ns()}.log"
+        report, child_end = os.pipe()
         with open(self.log, "w") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [
@@ -242,13 +246,16 @@ class Driver:
                     str(out),
                     str(model),
                     json.dumps(settings),
+                    str(child_end),
                 ],
                 env={**os.environ, "RAY_ADDRESS": mn.address},
                 cwd=Path(__file__).parents[2],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(child_end,),
             )
+        os.close(child_end)  # the reader sees the end when the child closes its copy
+        self._report = os.fdopen(report)
         self.started = time.monotonic()
         self.progress: dict = {"phase": "", "done": 0, "written": 0}
         self.summary: dict | None = None
@@ -256,8 +263,7 @@ class Driver:
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        for line in self._report:
             self._lines.put(line)
 
     def poll(self) -> bool:
