@@ -13,6 +13,7 @@ the log file holding its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
 
@@ -142,8 +143,38 @@ app.command("label", cls=TsmCommand)(label_cmd.label)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Once the command is done the process ends at once: what Python would still do is tear
+    down its modules one by one, and with torch, Ray and MLflow loaded that alone took ~2 s
+    after each `tsm label` (docs/performance.md). Everything that matters at exit still
+    runs first: threads are joined and the atexit hooks run (Ray's shutdown, logging's flush,
+    temporary files), then the streams are flushed.
+    """
+    try:
+        app()
+        code = 0
+    except SystemExit as e:  # how click ends every command, the good and the bad
+        code = e.code
+    if isinstance(code, str):  # sys.exit("message"): printed, exit status 1
+        print(code, file=sys.stderr)
+        code = 1
+    end_process(code or 0)
+
+
+def end_process(code: int) -> None:
+    import atexit
+    import os
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more can be said
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -347,3 +347,48 @@ def test_train_and_evaluate_json_are_one_object_and_files_are_readable_by_all(
     assert (evaluated["model_name"], evaluated["model_version"]) == ("tsm-json", "1")
     assert evaluated["num_videos"] == 3 and 0 <= evaluated["top1"] <= 1
     assert evaluated["dataset_name"] == "test.csv" and evaluated["run_id"]
+
+
+# ------------------------------------------------------------- the console entry point
+def _console(*argv: str, code: str = "from jobs.cli import main; main()"):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_console_entry_point_keeps_the_exit_codes_and_the_output():
+    """`main` ends the process itself (os._exit, no module teardown): the output still comes
+    out whole and the exit status is the command's."""
+    assert _console("--version").stdout == f"tsm {version('tsm-labeller')}\n"
+    assert _console("--version").returncode == 0
+    bad = _console("label", "m.csv", "--output", "o", "--model", "x", "--top-k", "many")
+    assert bad.returncode == 2 and len(lines(bad.stderr)) == 1 and bad.stdout == ""
+
+
+def test_ending_the_process_joins_threads_and_runs_exit_hooks(tmp_path):
+    """What a normal exit does that matters, `end_process` does too: it waits for the
+    threads still working, runs the atexit hooks, flushes what was printed, keeps the code."""
+    code = f"""
+import atexit, pathlib, sys, threading, time
+from jobs.cli import end_process
+out = pathlib.Path({str(tmp_path)!r})
+def work():
+    time.sleep(0.5)
+    (out / "thread").write_text("done")
+threading.Thread(target=work).start()
+atexit.register(lambda: (out / "hook").write_text("ran"))
+sys.stdout.write("no newline, still buffered")
+end_process(3)
+"""
+    res = _console(code=code)
+    assert res.returncode == 3
+    assert res.stdout == "no newline, still buffered"
+    assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "hook").read_text() == "ran"
+
+
+def test_sys_exit_with_a_message_prints_it_and_exits_1():
+    res = _console(code="import sys; from jobs import cli\n"
+                        "cli.app = lambda: sys.exit('gone wrong')\ncli.main()")
+    assert res.returncode == 1 and res.stderr.strip() == "gone wrong"
