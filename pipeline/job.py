@@ -54,6 +54,20 @@ def feed_block_bytes(cpus: float) -> int:
     stages inherit the target: their blocks are about one clip or row each.
     """
     return int(min(16 * 1024, max(2 * 1024, 256 * cpus)))
+
+
+def blocks_ahead(spec: DecodeSpec, videos_per_task: int) -> int:
+    """How many output blocks a task may hold that the driver has not taken yet (Ray Data's
+    `_max_num_blocks_in_streaming_gen_buffer`; its default is 2).
+
+    A decode task hands on one block per video. With 2, it stopped after two until the
+    driver's executor loop took them, so on a busy machine decoding waited on the driver
+    being scheduled: on 2 cores, 120 upload-like clips took ~2.5 s longer (docs/
+    performance.md). Two batches of clips may wait instead: a few MB (8 x 3 x 224 x 224
+    bytes a clip). Files shipped whole to the GPU decoders (up to 64 MB each) keep Ray's
+    default.
+    """
+    return 2 if spec.job.gpu_backend else 2 * videos_per_task
 COST = ("frames_decoded", "frames_used", "bytes_read", "read_retries", "decode_cpu_s")
 WRITERS = 4  # part-writing tasks at once
 
@@ -334,6 +348,8 @@ class _Run:
         # replaced rather than ending the run (Ray Data's default: the first such death ends
         # it); a model that cannot load at all still ends it after these tries
         source.context.max_consecutive_actor_init_deaths = 3 * shares.actors
+        source.context._max_num_blocks_in_streaming_gen_buffer = blocks_ahead(
+            decode_spec, config.videos_per_decode_task)
         self.ds = ds = part_writers(
             model_actors(decode_tasks(source, decode_spec, config.videos_per_decode_task),
                          model_spec, config, shares),

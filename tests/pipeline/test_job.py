@@ -418,3 +418,31 @@ def test_stopping_a_stream_frees_its_cpus_at_once():
     assert not _all_cpus_free(wait_s=2)  # the stuck actor keeps its CPU
     stop_execution(ds)
     assert _all_cpus_free()
+
+
+def test_decode_tasks_may_run_two_batches_ahead_of_the_driver(corpus_dir, tiny_model, tmp_path,
+                                                             monkeypatch):
+    """A decode task may hand on two batches of clips before the driver takes any (Ray Data's
+    default, two blocks, made decoding wait on a busy driver); files shipped whole to the
+    GPU decoders keep the default."""
+    import pipeline.job as job
+    from pipeline.decode_stage import DecodeSpec
+    from tsm_model import load
+
+    seen = []
+    real = job.part_writers
+
+    def spy(ds, *args, **kwargs):
+        seen.append(ds.context._max_num_blocks_in_streaming_gen_buffer)
+        return real(ds, *args, **kwargs)
+
+    monkeypatch.setattr(job, "part_writers", spy)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uri\n{corpus_dir / 'h264.mp4'}\n")
+    config = LabelConfig(input=str(manifest), output=str(tmp_path / "labels"),
+                         model=str(tiny_model), videos_per_decode_task=3)
+    assert run_label(config).ok == 1
+    assert seen == [6]
+    model_config = load(tiny_model).config
+    gpu = DecodeSpec.from_settings(model_config, config, gpu_backend="nvdec")
+    assert job.blocks_ahead(gpu, 3) == 2
