@@ -353,6 +353,12 @@ def run_job(inp: str, out: Path, model: Path, env: dict, *, stop_after_first_s: 
     take_lines()
     if "summary" in m:  # what the job itself measured just before it printed its summary
         m["driver_cpu_s"] = max(m["driver_cpu_s"], m["summary"]["cpu_s"])
+    if timeline:
+        # the job's CPU, all processes: what the reaped tree used (rusage), or, when Ray's
+        # shutdown left workers that nobody reaped (their time then counts nowhere), the
+        # live tree at its peak plus what the driver used after that mark
+        _, _, driver_at, peak = max(timeline, key=lambda x: x[3])
+        m["tree_cpu_s"] = max(m["tree_cpu_s"], peak + m["driver_cpu_s"] - driver_at)
     m["progress"] = progress
     m["timeline"] = timeline
     return m

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from test_decode_stage import black_hole  # noqa: F401  (fixture)
@@ -113,3 +114,43 @@ def test_a_decoder_that_dies_mid_video_is_one_error_row():
     killer.join()
     assert (r.ok, r.error_kind) == (False, ErrorKind.DECODER_CRASH)
     assert "SIGSEGV" in r.error_message
+
+
+
+def test_arrays_come_back_whole_and_writable(child):
+    """Results with arrays (sent out of band, read straight into their buffers) come back
+    equal, of the same type and layout, and writable, among other values."""
+    import numpy as np
+
+    frames = np.arange(8 * 72 * 128 * 3, dtype=np.uint8).reshape(8, 72, 128, 3)
+    want = {"frames": frames, "strided": frames[:, ::2, ::3], "empty": np.zeros((0, 3)),
+            "floats": np.linspace(0, 1, 7, dtype=np.float32), "text": "é", "n": 3}
+    got = child.call(dict, want, timeout=60)  # the child's copy of the dict, sent back
+    assert got.keys() == want.keys() and (got["text"], got["n"]) == ("é", 3)
+    for key in ("frames", "strided", "empty", "floats"):
+        assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape
+        np.testing.assert_array_equal(got[key], want[key])
+    got["frames"][0, 0, 0] = 7  # the caller may resize or crop in place
+    assert child.call(sum, [1, 2], timeout=60) == 3  # the stream stays in step
+
+
+def test_a_large_result_fits_a_cap_that_two_copies_would_not():
+    """The child sends a result's arrays from their own memory: a 200 MB array comes back
+    from a child whose cap leaves room for it once, not twice more."""
+    import numpy as np
+
+    def data_kib(status: str) -> int:
+        return next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmData"))
+
+    probe = ChildProcess(warm=("numpy",))
+    try:
+        base = data_kib(probe.call(Path.read_text, Path("/proc/self/status"), timeout=60))
+    finally:
+        probe.close()
+    size = 200 * 1024 * 1024
+    capped = ChildProcess(warm=("numpy",), memory_limit=base * 1024 + size + 120 * 1024 * 1024)
+    try:
+        got = capped.call(np.full, size, 7, np.uint8, timeout=120)
+        assert got.nbytes == size and got[-1] == 7
+    finally:
+        capped.close()
