@@ -43,6 +43,12 @@ _HEADER = struct.Struct("<Q")  # a call's length; a result's buffer lengths
 _RESULT = struct.Struct("<QQ")  # a result: its pickle's length, how many buffers follow
 PIPE_BYTES = 1 << 20  # the results' pipe (Linux's default pipe-max-size): 16x fewer wake-ups
 START_TIMEOUT_S = 120.0  # importing torch or PyAV on a loaded machine
+# A child whose data segment is past this share of its cap after a call answers, then ends
+# (the next call starts a fresh one). glibc and FFmpeg keep what they once allocated
+# (heap, thread stacks, frame pools), so a long-lived decoding child creeps toward its
+# cap (500-760 MiB of a 908 MiB cap over 30-330 upload-like clips), and near it FFmpeg
+# could no longer start its threads (EAGAIN): every later video of that child failed.
+RETIRE_SHARE = 0.75
 
 
 class ChildError(RuntimeError):
@@ -108,7 +114,7 @@ class ChildProcess:
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         # the start-up (imports) is not charged to the first call's time limit
-        status, _ = self._receive(START_TIMEOUT_S)
+        status, _, _ = self._receive(START_TIMEOUT_S)
         if status != "ready":
             raise ChildCrashed(f"the child process did not start ({status})")
 
@@ -124,7 +130,9 @@ class ChildProcess:
             self._proc.stdin.flush()
         except BrokenPipeError:
             raise self._crashed() from None
-        status, value = self._receive(timeout)
+        status, value, retired = self._receive(timeout)
+        if retired:  # it ends itself after this answer
+            self.close()
         if status == "error":
             raise ChildError(*value)
         return value
@@ -179,6 +187,12 @@ class ChildProcess:
                 pipe.close()
 
 
+def _data_bytes() -> int:
+    """This process's data segment (VmData), what RLIMIT_DATA caps."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData"))
+
+
 def _serve() -> None:
     """The child's loop: read a call, run it, write back ("ok", value) or ("error", text)."""
     # Keep the protocol pipe private: anything the called code prints to stdout
@@ -188,9 +202,10 @@ def _serve() -> None:
     sys.stdout = sys.stderr
     inp = sys.stdin.buffer
 
-    def send(status: str, value: Any) -> None:
+    def send(status: str, value: Any, retire: bool = False) -> None:
         buffers: list[pickle.PickleBuffer] = []
-        data = pickle.dumps((status, value), protocol=5, buffer_callback=buffers.append)
+        data = pickle.dumps((status, value, retire), protocol=5,
+                            buffer_callback=buffers.append)
         out.write(_RESULT.pack(len(data), len(buffers)))
         out.write(data)
         for buffer in buffers:  # written from the arrays' own memory
@@ -212,7 +227,10 @@ def _serve() -> None:
             result = ("ok", fn(*args))
         except Exception as e:
             result = ("error", (one_line(e, with_type=True), type(e).__name__))
-        send(*result)
+        retire = bool(limit) and _data_bytes() > RETIRE_SHARE * limit
+        send(*result, retire)
+        if retire:
+            return
 
 
 if __name__ == "__main__":

@@ -139,14 +139,7 @@ def test_a_large_result_fits_a_cap_that_two_copies_would_not():
     from a child whose cap leaves room for it once, not twice more."""
     import numpy as np
 
-    def data_kib(status: str) -> int:
-        return next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmData"))
-
-    probe = ChildProcess(warm=("numpy",))
-    try:
-        base = data_kib(probe.call(Path.read_text, Path("/proc/self/status"), timeout=60))
-    finally:
-        probe.close()
+    base = _vm_data_kib(ChildProcess(warm=("numpy",)))
     size = 200 * 1024 * 1024
     capped = ChildProcess(warm=("numpy",), memory_limit=base * 1024 + size + 120 * 1024 * 1024)
     try:
@@ -154,3 +147,30 @@ def test_a_large_result_fits_a_cap_that_two_copies_would_not():
         assert got.nbytes == size and got[-1] == 7
     finally:
         capped.close()
+
+
+def test_a_child_near_its_cap_after_a_call_answers_then_makes_way():
+    """Memory a child keeps after a call (decoders' pools, thread stacks, heap) counts
+    against its cap: past three quarters of it the child answers, then ends, and the next
+    call gets a fresh child; a child well under its cap stays."""
+    base_kib = _vm_data_kib(ChildProcess())
+    cap = base_kib * 1024 + 400 * 1024 * 1024
+    child = ChildProcess(memory_limit=cap)
+    try:
+        assert child.call(sum, [1, 2], timeout=60) == 3
+        first = child.pid
+        assert child.call(sum, [3], timeout=60) == 3 and child.pid == first  # stays
+        # the child allocates 350 MB and keeps it (a module attribute outlives the call)
+        assert child.call(exec, "import os; os.kept = bytearray(350 << 20)", timeout=60) is None
+        assert child.call(sum, [4], timeout=60) == 4
+        assert child.pid != first
+    finally:
+        child.close()
+
+
+def _vm_data_kib(child: ChildProcess) -> int:
+    try:
+        status = child.call(Path.read_text, Path("/proc/self/status"), timeout=60)
+    finally:
+        child.close()
+    return next(int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmData"))
