@@ -532,16 +532,19 @@ def step_costs(p: dict, args) -> dict:
     import torch
 
     import tsm_model
-    from pipeline.fetch_decode import FetchDecode, fetch_decode
+    from pipeline.decode_stage import DecodeSpec
+    from pipeline.fetch_decode import fetch_decode
     from pipeline.model_stage import clips_per_pass, for_inference
     from pipeline.settings import LabelConfig
     from pipeline.store import ObjectInfo
     from pipeline.transforms import resize_crop
 
     out: dict = {"decode": {}, "model": {}, "sampling": args.sampling}
-    job = FetchDecode(num_segments=8, sampling=args.sampling,
-                      max_frame_pixels=LabelConfig.max_frame_pixels,
-                      whole_below=int(LabelConfig.whole_read_mb * 2**20))
+    # what the job's decode tasks do with its default settings, for an 8-segment 224-px model
+    spec = DecodeSpec.from_settings(
+        tsm_model.TSMConfig(arch="resnet18", num_classes=400, num_segments=8, input_size=224,
+                            resize_size=256),
+        LabelConfig(input="-", output="-", model="-", sampling=args.sampling))
     torch.set_num_threads(1)  # as in a 1-CPU Ray task
     for label, count, duration in (("10s-720p", args.short_clips, 10.0),
                                    ("300s-720p", args.long_clips, 300.0)):
@@ -551,11 +554,11 @@ def step_costs(p: dict, args) -> dict:
         per = []
         for u in uris:
             obj = ObjectInfo(u, os.path.getsize(u), None)
-            fetch_decode(obj, job)  # page cache and libraries warm
+            fetch_decode(obj, spec.job)  # page cache and libraries warm
             r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-            result = fetch_decode(obj, job)
+            result = fetch_decode(obj, spec.job)
             assert result.frames is not None, result.error_message
-            resize_crop(result.frames, 256, 224)
+            resize_crop(result.frames, spec.resize_size, spec.input_size)
             r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
             per.append(((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime), t1 - t0,
                         os.path.getsize(u)))

@@ -163,6 +163,7 @@ def main() -> None:
 
 
 def end_process(code: int) -> None:
+    """Exit with `code` as Python would, less the module teardown (see `main`)."""
     import atexit
     import os
     import threading

@@ -39,6 +39,8 @@ from pipeline.store import ObjectInfo
 
 MiB = 1024 * 1024
 READERS = 2  # read tasks pulling listing chunks (they only cut chunks into blocks)
+WRITERS = 4  # part-writing tasks at once
+COST = ("frames_decoded", "frames_used", "bytes_read", "read_retries", "decode_cpu_s")
 
 
 def feed_block_bytes(cpus: float) -> int:
@@ -68,8 +70,6 @@ def blocks_ahead(spec: DecodeSpec, videos_per_task: int) -> int:
     default.
     """
     return 2 if spec.job.gpu_backend else 2 * videos_per_task
-COST = ("frames_decoded", "frames_used", "bytes_read", "read_retries", "decode_cpu_s")
-WRITERS = 4  # part-writing tasks at once
 
 
 class RowsLost(RuntimeError):
