@@ -153,6 +153,24 @@ def _init_ray() -> bool:
     return True
 
 
+def _stop_ray() -> None:
+    """`ray.shutdown()` of the local Ray `_init_ray` started, less a second lost on its
+    autoscaler monitor.
+
+    ray.shutdown stops the GCS first, then sends the monitor SIGTERM; the monitor's handler
+    tries to report its end to the GCS that is gone, and Ray kills it a second later (Ray
+    2.60: one second of every run's end). A local one-node Ray has no nodes for the monitor
+    to clean up, so it is stopped first, at once."""
+    import ray
+    from ray._private import ray_constants
+
+    node = getattr(ray._private.worker, "_global_node", None)  # private: absent, no harm
+    for info in getattr(node, "all_processes", {}).get(ray_constants.PROCESS_TYPE_MONITOR, []):
+        info.process.kill()
+        info.process.wait(timeout=5)
+    ray.shutdown()
+
+
 def _quiet_ray_data() -> None:
     import ray.data
 
@@ -514,9 +532,7 @@ def run_plan(
         if job is not None:
             job.close()
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            _stop_ray()
         lease.release()
 
 

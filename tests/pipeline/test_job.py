@@ -446,3 +446,46 @@ def test_decode_tasks_may_run_two_batches_ahead_of_the_driver(corpus_dir, tiny_m
     model_config = load(tiny_model).config
     gpu = DecodeSpec.from_settings(model_config, config, gpu_backend="nvdec")
     assert job.blocks_ahead(gpu, 3) == 2
+
+
+def test_stopping_a_local_ray_leaves_none_of_its_processes(tmp_path):
+    """The job stops the local Ray it started, its autoscaler monitor first (ray.shutdown
+    alone waits a second on the monitor, which tries to report to the GCS already gone):
+    afterwards no process of that Ray is alive. Its own process: the tests' Ray is shared."""
+    script = textwrap.dedent("""
+        import json, sys
+        import ray
+        from pipeline.job import _init_ray, _stop_ray
+
+        assert _init_ray()
+        node = ray._private.worker._global_node
+        pids = {kind: [i.process.pid for i in infos]
+                for kind, infos in node.all_processes.items()}
+        monitor = node.all_processes["monitor"][0].process
+        shutdown, seen = ray.shutdown, {}
+
+        def spy():  # was the monitor stopped before ray.shutdown began?
+            seen["monitor_gone"] = monitor.poll() is not None
+            shutdown()
+
+        ray.shutdown = spy
+        _stop_ray()
+        print(json.dumps({"pids": pids, "initialized": ray.is_initialized(), **seen}))
+    """)
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not result["initialized"] and result["monitor_gone"]
+    assert "monitor" in result["pids"] and "gcs_server" in result["pids"]
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is gone
+        except FileNotFoundError:
+            return False
+
+    left = {k: [p for p in v if alive(p)] for k, v in result["pids"].items()}
+    assert not any(left.values()), left
