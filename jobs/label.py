@@ -192,19 +192,27 @@ def label(
     except LabelError as e:
         raise fail(str(e), EXIT_BAD_INPUT) from None
 
-    from pipeline.job import run_plan
-    from pipeline.plan import plan_label
+    from pipeline.ray_session import while_ray_starts
+
+    def make_plan():  # torch, torchvision, Ray Data and the model: seconds of one thread
+        from pipeline.plan import plan_label
+
+        return plan_label(config)
 
     log_path = log_file("label")
     bar = ProgressBar(enabled=progress and not dry_run)
     try:
         with to_log(log_path):
-            plan = plan_label(config)
+            # Ray starts beside the plan (not for a dry run); the run stops it
+            plan, ray_started = (make_plan(), False) if dry_run else while_ray_starts(make_plan)
         if dry_run:
             out(json.dumps(plan.describe(), indent=None if as_json else 1))
             return
+        from pipeline.job import run_plan
+
         with to_log(log_path), bar:
-            summary = run_plan(plan, on_start=bar.start, on_progress=bar.update)
+            summary = run_plan(plan, ray_started=ray_started, on_start=bar.start,
+                               on_progress=bar.update)
     except LabelError as e:
         raise fail(str(e), EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:

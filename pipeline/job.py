@@ -31,6 +31,7 @@ from pipeline.lease import GRACE_S, LeaseLost
 from pipeline.model_stage import ClipClassifier, ModelSpec
 from pipeline.plan import LabelPlan, plan_label
 from pipeline.progress import Progress, new_tally, on_this_node
+from pipeline.ray_session import init_ray, stop_ray, while_ray_starts
 from pipeline.settings import LabelConfig
 from pipeline.sink import PartSpec, write_part
 from pipeline.source import Feed, FeedDatasource, FeedStats, todo
@@ -135,42 +136,6 @@ class LabelSummary:
 
 
 # ---------------------------------------------------------------------- Ray
-def _init_ray() -> bool:
-    """Join RAY_ADDRESS's cluster, or start a quiet local one; True if started here.
-
-    "local" unless RAY_ADDRESS says otherwise: a bare `ray.init()` would join whatever
-    cluster `ray start` runs on this machine (another user's, on a shared box).
-    RAY_ADDRESS=auto joins that one on purpose."""
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # worker output (FFmpeg noise, actor tracebacks) stays in Ray's log files, not the console
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-             log_to_driver=False, logging_level=logging.ERROR)
-    return True
-
-
-def _stop_ray() -> None:
-    """`ray.shutdown()` of the local Ray `_init_ray` started, less a second lost on its
-    autoscaler monitor.
-
-    ray.shutdown stops the GCS first, then sends the monitor SIGTERM; the monitor's handler
-    tries to report its end to the GCS that is gone, and Ray kills it a second later (Ray
-    2.60: one second of every run's end). A local one-node Ray has no nodes for the monitor
-    to clean up, so it is stopped first, at once."""
-    import ray
-    from ray._private import ray_constants
-
-    node = getattr(ray._private.worker, "_global_node", None)  # private: absent, no harm
-    for info in getattr(node, "all_processes", {}).get(ray_constants.PROCESS_TYPE_MONITOR, []):
-        info.process.kill()
-        info.process.wait(timeout=5)
-    ray.shutdown()
-
-
 def _quiet_ray_data() -> None:
     import ray.data
 
@@ -445,10 +410,14 @@ class _Run:
 def run_plan(
     plan: LabelPlan,
     *,
+    ray_started: bool = False,
     on_start: Callable[[Progress], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> LabelSummary:
     """Label the plan's inputs into its output partition; returns the summary.
+
+    Ray is joined or started once there is something to label, unless the caller
+    already did (`ray_started`: it started it for this run, and the run stops it).
 
     A bad *video* never raises, it becomes an error row. OutputBusy (another
     run holds the output), JobStalled (no progress for the stall limit) and
@@ -473,7 +442,7 @@ def run_plan(
         time.sleep(GRACE_S)
     run = None
     job: _Run | None = None
-    started_ray = False
+    started_ray = ray_started
     try:
         enter("reading the output")
         table.check_schema(plan.schema)
@@ -494,7 +463,7 @@ def run_plan(
                 tracking = pool.submit(_start_tracking, plan)
                 measured = pool.submit(_measure, plan, first)
                 try:
-                    started_ray = _init_ray()
+                    started_ray = init_ray() or started_ray
                 finally:
                     run = tracking.result()
                 costs = measured.result()
@@ -532,7 +501,7 @@ def run_plan(
         if job is not None:
             job.close()
         if started_ray:
-            _stop_ray()
+            stop_ray()
         lease.release()
 
 
@@ -573,5 +542,7 @@ def _record(plan: LabelPlan, summary: LabelSummary) -> None:
 
 
 def run_label(config: LabelConfig, **callbacks) -> LabelSummary:
-    """Plan and run: label every video of `config.input` not yet done in `config.output`."""
-    return run_plan(plan_label(config), **callbacks)
+    """Plan and run: label every video of `config.input` not yet done in `config.output`.
+    Ray starts while the plan is made (`while_ray_starts`)."""
+    plan, started = while_ray_starts(lambda: plan_label(config))
+    return run_plan(plan, ray_started=started, **callbacks)
