@@ -450,14 +450,15 @@ def run_plan(
         feed_stats = FeedStats()
         pending = todo(plan.inputs(), plan.done(), feed_stats, config.limit)
         enter("listing")
-        first = next(pending, None)  # nothing left to label: no Ray, no actors
+        first = next(pending, None)  # nothing left to label: no actors (nor Ray, unless
+        # the caller started it beside the plan)
         costs = None
         if first is None:
             run = _start_tracking(plan)
             feed_stats.finished = True
         else:
-            # Ray's start is mostly waiting for its processes: the MLflow run and the
-            # stages' measurement go on meanwhile (a few seconds of every run's start-up)
+            # Ray's start (unless the caller started it beside the plan) is mostly waiting
+            # for its processes: the MLflow run and the stages' measurement go on meanwhile
             enter("starting Ray")
             with ThreadPoolExecutor(2, thread_name_prefix="tsm-start") as pool:
                 tracking = pool.submit(_start_tracking, plan)
