@@ -436,14 +436,19 @@ def run_plan(
         if on_progress:
             on_progress(progress)
 
-    lease = table.store.lease(config.output, f"lease-{uuid.uuid4().hex[:12]}").acquire()
-    if lease.taken_from_dead:  # let the dead run's workers stop (see pipeline.lease.GRACE_S)
-        enter("waiting for a dead run's workers")
-        time.sleep(GRACE_S)
+    try:
+        lease = table.store.lease(config.output, f"lease-{uuid.uuid4().hex[:12]}").acquire()
+    except BaseException:  # e.g. OutputBusy: a Ray started for this run ends with it
+        if ray_started:
+            stop_ray()
+        raise
     run = None
     job: _Run | None = None
     started_ray = ray_started
     try:
+        if lease.taken_from_dead:  # let the dead run's workers stop (pipeline.lease.GRACE_S)
+            enter("waiting for a dead run's workers")
+            time.sleep(GRACE_S)
         enter("reading the output")
         table.check_schema(plan.schema)
         table.clean_staging()

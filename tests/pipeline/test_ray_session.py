@@ -98,3 +98,35 @@ def test_ray_starts_beside_the_work_and_outlives_its_thread():
     assert result["started"] is True and result["name"] != result["main"]
     assert result["answer"] == 49
     assert result["again"] == [1, False]
+
+
+def test_a_run_that_cannot_take_its_output_stops_the_ray_started_for_it(
+        tmp_path, tiny_model, video_corpus, mlflow_store):
+    """A run whose output another run holds ends at once (OutputBusy), before its stream:
+    the Ray started beside its plan must not outlive it (a library caller, e.g. the test
+    suite, would find it still up)."""
+    out = tmp_path / "out"
+    result = _run(f"""
+        import json
+        import ray
+        from pipeline.errors import LabelError
+        from pipeline.job import run_plan
+        from pipeline.plan import plan_label
+        from pipeline.ray_session import while_ray_starts
+        from pipeline.settings import LabelConfig
+        from pipeline.store import store_for
+
+        out = {str(out)!r}
+        config = LabelConfig(input={str(video_corpus["h264"])!r}, output=out,
+                             model={str(tiny_model)!r})
+        with store_for(out).lease(out, "run-in-progress"):  # a live run holds the output
+            plan, started = while_ray_starts(lambda: plan_label(config))
+            try:
+                run_plan(plan, ray_started=started)
+                error = None
+            except LabelError as e:
+                error = type(e).__name__
+        print(json.dumps({{"started": started, "error": error,
+                           "initialized": ray.is_initialized()}}))
+    """)
+    assert result == {"started": True, "error": "OutputBusy", "initialized": False}
