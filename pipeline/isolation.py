@@ -159,7 +159,8 @@ class ChildProcess:
             done += got
         return buffer
 
-    def _receive(self, timeout: float) -> tuple[str, Any]:
+    def _receive(self, timeout: float) -> tuple[str, Any, bool]:
+        """(status, value, whether the child ends itself after this answer)."""
         deadline = time.monotonic() + timeout
         try:
             size, count = _RESULT.unpack(self._read_exactly(_RESULT.size, deadline))

@@ -436,16 +436,11 @@ def run_plan(
         if on_progress:
             on_progress(progress)
 
+    lease = run = None
+    job: _Run | None = None
+    started_ray = ray_started  # whatever ends the run (OutputBusy included) stops it
     try:
         lease = table.store.lease(config.output, f"lease-{uuid.uuid4().hex[:12]}").acquire()
-    except BaseException:  # e.g. OutputBusy: a Ray started for this run ends with it
-        if ray_started:
-            stop_ray()
-        raise
-    run = None
-    job: _Run | None = None
-    started_ray = ray_started
-    try:
         if lease.taken_from_dead:  # let the dead run's workers stop (pipeline.lease.GRACE_S)
             enter("waiting for a dead run's workers")
             time.sleep(GRACE_S)
@@ -508,7 +503,8 @@ def run_plan(
             job.close()
         if started_ray:
             stop_ray()
-        lease.release()
+        if lease is not None:
+            lease.release()
 
 
 def _check_error_rate(config: LabelConfig, summary: LabelSummary) -> None:

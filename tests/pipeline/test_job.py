@@ -446,4 +446,3 @@ def test_decode_tasks_may_run_two_batches_ahead_of_the_driver(corpus_dir, tiny_m
     model_config = load(tiny_model).config
     gpu = DecodeSpec.from_settings(model_config, config, gpu_backend="nvdec")
     assert job.blocks_ahead(gpu, 3) == 2
-
